@@ -1,0 +1,3 @@
+"""Models: our AWD-LSTM and the ULMFiT classifier (BPT3C encoder + concat-pooling head)."""
+from .awd_lstm import *  # noqa: F401,F403
+from .classifier import *  # noqa: F401,F403
