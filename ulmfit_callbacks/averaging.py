@@ -65,9 +65,10 @@ class ASGDWeightAveraging(ResumableCallback):
 
     def _named_params(self) -> dict[str, nn.Parameter]:
         in_opt = {id(p) for pg in self.opt.param_lists for p in pg}
-        return {n: p for n, p in self.model.named_parameters() if id(p) in in_opt}
+        return {n: p for n, p in self._model.named_parameters() if id(p) in in_opt}
 
     def before_fit(self):
+        self._model = self.learn.model  # kept so swap_in / averaged_state_dict work after fit(cbs=...)
         self._params = self._named_params()
         if self._resumed:
             self._resumed = False
@@ -148,7 +149,7 @@ class ASGDWeightAveraging(ResumableCallback):
         if self._swapped or not self.n_averaged:
             return
         if not hasattr(self, "_params"):
-            self._params = self._named_params()
+            raise RuntimeError("nothing averaged yet: fit with this callback first")
         for name, p in self._params.items():
             if name not in self.avg:
                 continue
@@ -172,7 +173,7 @@ class ASGDWeightAveraging(ResumableCallback):
             elif name in self.avg:
                 p.data, self.avg[name] = self.avg[name], p.data
         if self._bn_backup is not None:
-            for k, v in self.model.state_dict().items():
+            for k, v in self._model.state_dict().items():
                 if k in self._bn_backup:
                     v.copy_(self._bn_backup[k])
             self._bn_backup = None
@@ -180,8 +181,8 @@ class ASGDWeightAveraging(ResumableCallback):
 
     def averaged_state_dict(self) -> dict[str, torch.Tensor]:
         """The model's state dict with the averaged weights in place of the trained ones."""
-        sd = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        raw = {n: p for n, p in self.model.named_parameters(remove_duplicate=False)}
+        sd = {k: v.detach().clone() for k, v in self._model.state_dict().items()}
+        raw = {n: p for n, p in self._model.named_parameters(remove_duplicate=False)}
         by_id = {id(p): n for n, p in self._params.items()}
         for k, p in raw.items():
             n = by_id.get(id(p))
@@ -191,22 +192,27 @@ class ASGDWeightAveraging(ResumableCallback):
 
     @torch.no_grad()
     def _update_bn(self):
-        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        model = self._model
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not bns:
             return
-        self._bn_backup = {k: v.detach().clone() for k, v in self.model.state_dict().items()
+        if self.learn is None:
+            raise RuntimeError("the model has BatchNorm layers: swap the averaged weights in while the callback is "
+                               "attached to a learner (learn.add_cb), so their statistics can be recomputed")
+        self._bn_backup = {k: v.detach().clone() for k, v in model.state_dict().items()
                            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
         momenta = [m.momentum for m in bns]
         for m in bns:
             m.reset_running_stats()
             m.momentum = None  # cumulative average over the pass
-        was_training = self.model.training
-        self.model.train()
+        was_training = model.training
+        model.train()
         dl = self.dls.train.new(shuffle=False)  # leaves the training loader's RNG alone
+        dev = next(model.parameters()).device
         for i, (xb, *_) in enumerate(dl):
             if self.bn_batches is not None and i >= self.bn_batches:
                 break
-            self.model(xb.to(next(self.model.parameters()).device))
+            model(xb.to(dev))
         for m, mo in zip(bns, momenta):
             m.momentum = mo
-        self.model.train(was_training)
+        model.train(was_training)

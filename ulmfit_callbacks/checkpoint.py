@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastai.callback.core import Callback
+from fastcore.foundation import L
 from fastai.learner import Learner
 
 from .base import ResumableCallback
@@ -59,7 +60,7 @@ def _plain(x):
         return torch.from_numpy(x.copy())
     if isinstance(x, dict):
         return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
+    if isinstance(x, (list, tuple, L)):
         return [_plain(v) for v in x]
     raise TypeError(f"cannot checkpoint a {type(x).__name__} weights-only")
 
