@@ -1,0 +1,194 @@
+"""Classifier stage: BPT3C, masked concat pooling, encoder loading, multi-label, ensemble, end to end."""
+import numpy as np
+import pytest
+import torch
+
+from ulmfit_callbacks import (AWDLSTM, AWDLSTMConfig, BPT3CEncoder, DiscriminativeLR, ForwardBackwardEnsemble,
+                              GradualUnfreezing, SlantedTriangularLR, classifier_dataloaders, encoder_state_dict,
+                              lm_dataloaders, ulmfit_classifier_learner, ulmfit_lm_learner)
+from ulmfit_callbacks.ensemble import predict_texts
+
+PAD = 1
+
+
+def _encoder(bptt=4, max_len=8, seed=0, vocab=40):
+    torch.manual_seed(seed)
+    return BPT3CEncoder(AWDLSTM(vocab, AWDLSTMConfig(emb_sz=6, n_hid=10, n_layers=2)), bptt=bptt, max_len=max_len)
+
+
+def _naive_pool(enc, doc):
+    """Concat pooling computed the slow way: one document, no padding, chunk by chunk."""
+    enc.module.reset()
+    outs = [enc.module(doc[None, i: i + enc.bptt]) for i in range(0, len(doc), enc.bptt)]
+    H = torch.cat(outs, 1)[0]
+    return torch.cat([H[-1], H.max(0).values, H.mean(0)])
+
+
+def _pad(docs, side):
+    sl = max(len(d) for d in docs)
+    x = torch.full((len(docs), sl), PAD)
+    for r, d in enumerate(docs):
+        s = side[r] if isinstance(side, list) else side
+        if s == "right":
+            x[r, : len(d)] = d
+        else:
+            x[r, sl - len(d):] = d
+    return x
+
+
+@pytest.mark.parametrize("side", ["right", "left", ["left", "right", "left", "right"]])
+def test_padding_invariance_and_pooling_against_naive(side):
+    enc = _encoder().eval()
+    g = torch.Generator().manual_seed(0)
+    docs = [torch.randint(2, 40, (n,), generator=g) for n in (13, 3, 9, 1)]
+    with torch.no_grad():
+        batched = enc(_pad(docs, side))
+        for r, d in enumerate(docs):
+            alone = enc(d[None])[0]
+            torch.testing.assert_close(batched[r], alone, atol=1e-5, rtol=0)
+            torch.testing.assert_close(alone, _naive_pool(enc, d), atol=1e-6, rtol=0)
+
+
+def test_fastai_chunk_aligned_padding_layout():
+    """fastai's pad_input_chunk: pads in multiples of bptt first, the remainder last (fastai issue 3379)."""
+    enc = _encoder(bptt=4).eval()
+    docs = [torch.arange(2, 13), torch.arange(20, 25)]  # 11 and 5 tokens -> padded to 11
+    x = torch.full((2, 11), PAD)
+    x[0] = docs[0]
+    x[1, 4:9] = docs[1]  # one chunk of padding first, 2 pads at the end
+    with torch.no_grad():
+        out = enc(x)
+        torch.testing.assert_close(out[1], enc(docs[1][None])[0], atol=1e-5, rtol=0)
+
+
+def test_gradient_only_through_the_last_max_len_tokens():
+    enc = _encoder(bptt=4, max_len=8).train()
+    for m in enc.modules():  # dropout off so the check is exact
+        if hasattr(m, "p"):
+            m.p = 0.0
+    enc.module.config = AWDLSTMConfig(emb_sz=6, n_hid=10, n_layers=2, embed_p=0, input_p=0, hidden_p=0, weight_p=0)
+    early, late = [5, 6, 7, 8], [9, 10, 11, 12]
+    doc = torch.tensor(early * 3 + [13] * 4 + late * 2)  # 24 tokens: chunks at 0,4,...,20; grad from 16 on
+    emb = enc.module.embedding.weight
+    emb.grad = None
+    enc(doc[None]).sum().backward()
+    assert (emb.grad[early] == 0).all(), "tokens only before the last max_len got gradient"
+    assert (emb.grad[late].abs().sum(1) > 0).all()
+    # and they still shape the pooled features: max/mean see every token
+    with torch.no_grad():
+        doc2 = doc.clone()
+        doc2[:4] = 20
+        assert not torch.allclose(enc(doc[None]), enc(doc2[None]))
+
+
+def test_bounded_graph_for_long_documents():
+    """Only the grad chunks keep a graph: the number of saved LSTM calls does not grow with length."""
+    calls = []
+    enc = _encoder(bptt=10, max_len=30)
+    orig = enc.module.forward
+
+    def counting(x):
+        out = orig(x)
+        calls.append(out.requires_grad)
+        return out
+    enc.module.forward = counting
+    enc(torch.randint(2, 40, (2, 1000))).sum().backward()
+    assert len(calls) == 100 and sum(calls) == 3
+
+
+def test_rejects_empty_documents():
+    with pytest.raises(ValueError, match="no tokens"):
+        _encoder()(torch.tensor([[3, 4], [PAD, PAD]]))
+
+
+@pytest.fixture
+def fitted_lm(lm_dls, tiny_config):
+    learn = ulmfit_lm_learner(lm_dls, config=tiny_config)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-3)
+    return learn
+
+
+def test_encoder_loads_by_name_and_mismatches_are_refused(fitted_lm, clf_dls_factory, tiny_config, trec_tokens):
+    dls = clf_dls_factory(fitted_lm.dls.vocab)
+    clf = ulmfit_classifier_learner(dls, config=tiny_config, encoder=fitted_lm)
+    for k, v in encoder_state_dict(fitted_lm.model).items():
+        assert torch.equal(encoder_state_dict(clf.model)[k], v)
+    bwd = clf_dls_factory(fitted_lm.dls.vocab, backwards=True)
+    with pytest.raises(ValueError, match="direction mismatch"):
+        ulmfit_classifier_learner(bwd, config=tiny_config, encoder=fitted_lm)
+    other_vocab = lm_dataloaders(None, tokens=(trec_tokens[0][:200], trec_tokens[1]), bs=4, bptt=5, min_freq=1).vocab
+    with pytest.raises(ValueError, match="vocabulary mismatch"):
+        ulmfit_classifier_learner(clf_dls_factory(other_vocab), config=tiny_config, encoder=fitted_lm)
+    with pytest.raises(ValueError, match="does not fit this classifier"):
+        ulmfit_classifier_learner(dls, config=AWDLSTMConfig(emb_sz=8, n_hid=12, n_layers=3),
+                                  encoder=encoder_state_dict(fitted_lm.model))
+    # data of the other direction given to a trained learner later
+    clf.dls = bwd
+    with pytest.raises(ValueError, match="forward model but the data are backward"):
+        clf.fit(1)
+
+
+def test_multi_label(lm_dls, tiny_config, trec):
+    train, _ = trec
+    labels = [f"{a};{'long' if len(t.split()) > 10 else 'short'}" for a, t in zip(train.label[:200], train.text[:200])]
+    dls = classifier_dataloaders(train.text[:200], labels, vocab=lm_dls.vocab, multi_label=True, bs=16)
+    assert dls.multi_label and "long" in dls.classes
+    clf = ulmfit_classifier_learner(dls, config=tiny_config)
+    with clf.no_bar(), clf.no_logging():
+        clf.fit(1, 1e-2)
+    probs, y = clf.get_preds()
+    assert probs.shape == y.shape and ((probs >= 0) & (probs <= 1)).all()
+    assert not torch.allclose(probs.sum(1), torch.ones(len(probs)))  # sigmoid, not softmax
+    assert "accuracy_multi" in clf.recorder.metric_names
+
+
+def test_get_preds_in_input_order(fitted_lm, clf_dls_factory, tiny_config):
+    clf = ulmfit_classifier_learner(clf_dls_factory(fitted_lm.dls.vocab), config=tiny_config, encoder=fitted_lm)
+    probs, y = clf.get_preds()
+    assert torch.equal(y, clf.dls.valid.labels)  # input order, although batches run longest first
+    assert clf.dls.valid.get_idxs() != list(range(clf.dls.valid.n))
+
+
+def test_ensemble_is_the_mean_and_keeps_order(fitted_lm, clf_dls_factory, tiny_config, trec):
+    vocab = fitted_lm.dls.vocab
+    fwd = ulmfit_classifier_learner(clf_dls_factory(vocab), config=tiny_config, encoder=fitted_lm)
+    bwd = ulmfit_classifier_learner(clf_dls_factory(vocab, backwards=True), config=tiny_config)
+    with fwd.no_bar(), fwd.no_logging(), bwd.no_bar(), bwd.no_logging():
+        fwd.fit(1, 1e-2)
+        bwd.fit(1, 1e-2)
+    ens = ForwardBackwardEnsemble(fwd, bwd)
+    probs, y = ens.get_preds()
+    pf, _ = fwd.get_preds()
+    pb, _ = bwd.get_preds()
+    torch.testing.assert_close(probs, (pf + pb) / 2, atol=1e-6, rtol=0)
+    assert ens.accuracy() == pytest.approx(float((probs.argmax(1) == y).float().mean()))
+    texts = trec[1].text[:12].tolist()
+    p_texts, _ = ens.get_preds(texts)
+    rev = ens.get_preds(texts[::-1])[0]
+    torch.testing.assert_close(p_texts, rev.flip(0), atol=1e-6, rtol=0)  # order follows the input
+    torch.testing.assert_close(p_texts, (predict_texts(fwd, texts) + predict_texts(bwd, texts)) / 2)
+    label, p = ens.predict(texts[3])
+    assert label == ens.classes[int(p_texts[3].argmax())]
+    torch.testing.assert_close(p, p_texts[3], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="forward learner first"):
+        ForwardBackwardEnsemble(bwd, fwd)
+
+
+def test_end_to_end_trec6_beats_majority(trec):
+    """LM fine-tuning then the classifier with STLR + discriminative lrs + gradual unfreezing on TREC-6."""
+    train, test = trec
+    torch.manual_seed(0)
+    lm = lm_dataloaders(train.text.tolist(), valid_texts=test.text.tolist(), bs=32, bptt=20, seed=0)
+    cfg = AWDLSTMConfig(emb_sz=64, n_hid=128, n_layers=2)
+    lm_learn = ulmfit_lm_learner(lm, config=cfg)
+    with lm_learn.no_bar(), lm_learn.no_logging():
+        lm_learn.fit(2, cbs=[SlantedTriangularLR(1e-2), DiscriminativeLR()])
+    dls = classifier_dataloaders(train.text, train.label, vocab=lm.vocab, valid_texts=test.text,
+                                 valid_labels=test.label, bs=32)
+    clf = ulmfit_classifier_learner(dls, config=cfg, encoder=lm_learn)
+    with clf.no_bar(), clf.no_logging():
+        clf.fit(5, cbs=[SlantedTriangularLR(3e-2), DiscriminativeLR(), GradualUnfreezing([1, 2])])
+    acc = float(clf.validate()[1])
+    majority = test.label.value_counts(normalize=True).max()  # 0.276 on TREC-6 test
+    assert acc > majority + 0.3, f"accuracy {acc:.3f} vs majority {majority:.3f}"
