@@ -1,18 +1,22 @@
 """ULMFiT (Howard & Ruder 2018) for fastai, as pluggable callbacks, splitters and models."""
 __version__ = "0.1.0"
 
-from .averaging import ASGDWeightAveraging
-from .data import (ClassifierLoader, LMLoader, ULMFiTDataLoaders, Vocab, classifier_dataloaders, load_bbc_news,
-                   lm_dataloaders, tokenize)
-from .ensemble import ForwardBackwardEnsemble
-from .learner import encoder_state_dict, ulmfit_classifier_learner, ulmfit_lm_learner
-from .models import (AWDLSTM, AWDLSTMConfig, AWDLSTMLanguageModel, BPT3CEncoder, PoolingClassifierHead,
-                     ULMFiTClassifier, from_fastai_state_dict, to_fastai_state_dict)
-from .pretrained import load_pretrained
-from .regularization import ActivationRegularizer
-from .schedule import DiscriminativeLR, SlantedTriangularLR, plot_lrs, stlr
-from .splitters import classifier_splitter, discriminative_lrs, lm_splitter
-from .unfreezing import GradualUnfreezing
+import warnings as _warnings
+
+with _warnings.catch_warnings():  # fastai's import under torch 2.14 warns about torch.jit.script
+    _warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    from .averaging import ASGDWeightAveraging
+    from .data import (ClassifierLoader, LMLoader, ULMFiTDataLoaders, Vocab, classifier_dataloaders, load_bbc_news,
+                       lm_dataloaders, tokenize)
+    from .ensemble import ForwardBackwardEnsemble
+    from .learner import encoder_state_dict, ulmfit_classifier_learner, ulmfit_lm_learner
+    from .models import (AWDLSTM, AWDLSTMConfig, AWDLSTMLanguageModel, BPT3CEncoder, PoolingClassifierHead,
+                         ULMFiTClassifier, from_fastai_state_dict, to_fastai_state_dict)
+    from .pretrained import load_pretrained
+    from .regularization import ActivationRegularizer
+    from .schedule import DiscriminativeLR, SlantedTriangularLR, plot_lrs, stlr
+    from .splitters import classifier_splitter, discriminative_lrs, lm_splitter
+    from .unfreezing import GradualUnfreezing
 
 __all__ = ["ASGDWeightAveraging", "ActivationRegularizer", "AWDLSTM", "AWDLSTMConfig", "AWDLSTMLanguageModel",
            "BPT3CEncoder", "ClassifierLoader", "DiscriminativeLR", "ForwardBackwardEnsemble", "GradualUnfreezing",

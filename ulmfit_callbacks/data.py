@@ -388,20 +388,26 @@ def classifier_dataloaders(train_texts: Sequence[str], train_labels: Sequence, v
                            valid_texts: Sequence[str] | None = None, valid_labels: Sequence | None = None,
                            valid_pct: float = 0.1, bs: int = 64, backwards: bool = False, multi_label: bool = False,
                            label_delim: str = ";", classes: list | None = None, seed: int = 42, max_tokens: int | None = None,
-                           n_workers: int = 0, device=None) -> ULMFiTDataLoaders:
+                           tokens: tuple[list, list] | None = None, n_workers: int = 0, device=None) -> ULMFiTDataLoaders:
     """Classification DataLoaders; ``vocab`` must be the fine-tuned LM's.
 
     Labels: one per text (single-label), or with ``multi_label`` a list or a
     ``label_delim``-joined string of labels per text. ``classes`` fixes the class order.
+    ``tokens`` may pass already tokenised (train, valid) lists (then the texts are not read and
+    ``valid_texts``/``valid_labels`` must be given). ``max_tokens`` keeps the first tokens of
+    each document (the text's start in either direction).
     """
-    train_texts, train_labels = list(train_texts), list(train_labels)
+    train_labels = list(train_labels)
+    train_texts = list(train_texts) if tokens is None else tokens[0]
     if len(train_texts) != len(train_labels):
         raise ValueError(f"{len(train_texts)} texts but {len(train_labels)} labels")
-    if valid_texts is None:
+    if tokens is not None and valid_labels is None:
+        raise ValueError("with `tokens`, pass the validation labels too")
+    if valid_texts is None and tokens is None:
         tr, va = _split_valid(len(train_texts), valid_pct, seed)
         valid_texts, valid_labels = [train_texts[i] for i in va], [train_labels[i] for i in va]
         train_texts, train_labels = [train_texts[i] for i in tr], [train_labels[i] for i in tr]
-    valid_texts, valid_labels = list(valid_texts), list(valid_labels)
+    valid_labels = list(valid_labels)
     split = (lambda l: [str(x) for x in (l if isinstance(l, (list, tuple)) else str(l).split(label_delim))]) \
         if multi_label else (lambda l: [l])
     seen = sorted({c for l in train_labels for c in split(l)}, key=str)
@@ -422,9 +428,11 @@ def classifier_dataloaders(train_texts: Sequence[str], train_labels: Sequence, v
         return np.array([c2i[l] for l in labels], dtype=np.int64)
 
     y_train, y_valid = encode(train_labels, "training"), encode(valid_labels, "validation")
-    toks = [tokenize(t, n_workers) for t in (train_texts, valid_texts)]
+    toks = list(tokens) if tokens is not None else [tokenize(list(t), n_workers) for t in (train_texts, valid_texts)]
+    if len(toks[1]) != len(valid_labels):
+        raise ValueError(f"{len(toks[1])} validation texts but {len(valid_labels)} labels")
     if max_tokens:
-        toks = [[t[-max_tokens:] if backwards else t[:max_tokens] for t in ts] for ts in toks]
+        toks = [[t[:max_tokens] for t in ts] for ts in toks]  # the same span of text in both directions
     train = ClassifierLoader(numericalize(toks[0], vocab, backwards), y_train, bs=bs, shuffle=True, seed=seed)
     valid = ClassifierLoader(numericalize(toks[1], vocab, backwards), y_valid, bs=bs * 2, shuffle=False)
     return ULMFiTDataLoaders(train, valid, vocab=vocab, backwards=backwards, kind="classifier", classes=classes,

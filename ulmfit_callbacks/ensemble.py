@@ -9,16 +9,22 @@ from fastai.learner import Learner
 
 from .data import ClassifierLoader, numericalize, tokenize
 
-__all__ = ["ForwardBackwardEnsemble", "predict_texts"]
+__all__ = ["ForwardBackwardEnsemble", "predict_texts", "predict_tokens"]
 
 
-@torch.no_grad()
-def predict_texts(learn: Learner, texts: Sequence[str], bs: int = 64) -> torch.Tensor:
+def predict_texts(learn: Learner, texts: Sequence[str], bs: int = 64, max_tokens: int | None = None) -> torch.Tensor:
     """Class probabilities for raw texts, in input order. Batches are sorted by length for speed."""
     if len(texts) == 0:
         raise ValueError("no texts to predict")
+    return predict_tokens(learn, tokenize(list(texts)), bs, max_tokens)
+
+
+def predict_tokens(learn: Learner, tokens: Sequence[Sequence[str]], bs: int = 64,
+                   max_tokens: int | None = None) -> torch.Tensor:
+    """Class probabilities for tokenised texts (first ``max_tokens`` of each), in input order."""
     dls = learn.dls
-    ids = numericalize(tokenize(list(texts)), dls.vocab, dls.backwards)
+    tokens = [t[:max_tokens] for t in tokens] if max_tokens else tokens
+    ids = numericalize(tokens, dls.vocab, dls.backwards)
     dl = ClassifierLoader(ids, np.zeros(len(ids), dtype=np.int64), bs=bs, shuffle=False, pad_idx=learn.model.encoder.pad_idx)
     return _probs(learn, dl)
 
