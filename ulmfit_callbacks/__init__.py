@@ -12,13 +12,14 @@ with _warnings.catch_warnings():  # fastai's import under torch 2.14 warns about
     from .learner import encoder_state_dict, ulmfit_classifier_learner, ulmfit_lm_learner
     from .models import (AWDLSTM, AWDLSTMConfig, AWDLSTMLanguageModel, BPT3CEncoder, PoolingClassifierHead,
                          ULMFiTClassifier, from_fastai_state_dict, to_fastai_state_dict)
+    from .precision import BF16Autocast
     from .pretrained import load_pretrained
     from .regularization import ActivationRegularizer
     from .schedule import DiscriminativeLR, SlantedTriangularLR, plot_lrs, stlr
     from .splitters import classifier_splitter, discriminative_lrs, lm_splitter
     from .unfreezing import GradualUnfreezing
 
-__all__ = ["ASGDWeightAveraging", "ActivationRegularizer", "AWDLSTM", "AWDLSTMConfig", "AWDLSTMLanguageModel",
+__all__ = ["ASGDWeightAveraging", "BF16Autocast", "ActivationRegularizer", "AWDLSTM", "AWDLSTMConfig", "AWDLSTMLanguageModel",
            "BPT3CEncoder", "ClassifierLoader", "DiscriminativeLR", "ForwardBackwardEnsemble", "GradualUnfreezing",
            "LMLoader", "PoolingClassifierHead", "SlantedTriangularLR", "ULMFiTClassifier", "ULMFiTDataLoaders",
            "Vocab", "classifier_dataloaders", "classifier_splitter", "discriminative_lrs", "encoder_state_dict",

@@ -181,10 +181,10 @@ def _confusion_png(y_true, y_pred, classes, path: Path, title: str):
 
 
 DEMO_SIZES = {  # CPU-sized: the whole demo takes about 10 minutes on 2 cores
-    "full": dict(emb_sz=64, n_hid=256, n_layers=2, max_vocab=8000, lm_epochs=1, clf_epochs=4, max_tokens=400,
-                 pretrain_tokens=600_000),
-    "tiny": dict(emb_sz=16, n_hid=32, n_layers=2, max_vocab=2000, lm_epochs=1, clf_epochs=2, max_tokens=60,
-                 pretrain_tokens=20_000, n_docs=300),
+    "full": dict(emb_sz=64, n_hid=256, n_layers=2, max_vocab=8000, lm_epochs=2, clf_epochs=8, unfreeze=[1, 2],
+                 max_tokens=400, pretrain_tokens=600_000),
+    "tiny": dict(emb_sz=16, n_hid=32, n_layers=2, max_vocab=2000, lm_epochs=1, clf_epochs=2, unfreeze=None,
+                 max_tokens=60, pretrain_tokens=20_000, n_docs=300),
 }
 
 
@@ -235,7 +235,8 @@ def cmd_demo(a):
         print(f"[{direction}] LM validation perplexity {lm_m['perplexity']:.1f}")
         print(f"[{direction}] stage 3: classifier with gradual unfreezing, discriminative lrs and STLR")
         train_classifier(None, [labels[i] for i in train], None, [labels[i] for i in valid],
-                         out / f"clf_{direction}", Recipe(epochs=size["clf_epochs"], lr=a.lr_clf),
+                         out / f"clf_{direction}",
+                         Recipe(epochs=size["clf_epochs"], lr=a.lr_clf, unfreeze_schedule=size["unfreeze"]),
                          lm=out / f"lm_{direction}", backwards=backwards, max_tokens=size["max_tokens"],
                          tokens=(pick(train), pick(valid)), seed=a.seed)
     fwd, bwd = load_classifier(out / "clf_fwd"), load_classifier(out / "clf_bwd")

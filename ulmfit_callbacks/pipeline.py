@@ -100,12 +100,12 @@ def load_artifact(folder: str | os.PathLike) -> tuple[dict, Vocab, dict]:
     return meta, Vocab.load(folder / "vocab.json"), state
 
 
-def _fit(learn, recipe: Recipe, classifier: bool):
+def _fit(learn, recipe: Recipe, classifier: bool, extra=()):
     cbs = recipe.callbacks(classifier)
     if recipe.stlr:
-        learn.fit(recipe.epochs, cbs=cbs, wd=recipe.wd)
+        learn.fit(recipe.epochs, cbs=cbs + list(extra), wd=recipe.wd)
     else:
-        learn.fit_one_cycle(recipe.epochs, recipe.lr, cbs=cbs, wd=recipe.wd)
+        learn.fit_one_cycle(recipe.epochs, recipe.lr, cbs=cbs + list(extra), wd=recipe.wd)
     return cbs
 
 
@@ -123,23 +123,23 @@ def _lm_metrics(learn, seconds):
 
 
 def pretrain_lm(train_texts, valid_texts, out: str | os.PathLike, config: AWDLSTMConfig, recipe: Recipe,
-                backwards=False, bs=32, bptt=70, max_vocab=30000, min_freq=2, seed=42, tokens=None):
-    """Stage 1: train an AWD-LSTM LM on a general-domain corpus."""
+                backwards=False, bs=32, bptt=70, max_vocab=30000, min_freq=2, seed=42, tokens=None, cbs=()):
+    """Stage 1: train an AWD-LSTM LM on a general-domain corpus (``cbs``: extra callbacks, e.g. ``BF16Autocast()``)."""
     torch.manual_seed(seed)
     dls = lm_dataloaders(train_texts, valid_texts, bs=bs, bptt=bptt, backwards=backwards, max_vocab=max_vocab,
                          min_freq=min_freq, seed=seed, tokens=tokens)
     learn = ulmfit_lm_learner(dls, config=config)
     t = time.time()
-    cbs = recipe.callbacks(False)
-    learn.fit(recipe.epochs, lr=recipe.lr, cbs=[c for c in cbs if not isinstance(c, DiscriminativeLR)], wd=recipe.wd)
+    recipe = dataclasses.replace(recipe, discriminative=False)  # stage 1 trains every layer alike
+    used = _fit(learn, recipe, classifier=False, extra=cbs)
     metrics = _lm_metrics(learn, time.time() - t)
-    save_artifact(out, learn, "lm", metrics, _lr_plot(cbs))
+    save_artifact(out, learn, "lm", metrics, _lr_plot(used))
     return learn, metrics
 
 
 def finetune_lm(train_texts, valid_texts, out: str | os.PathLike, recipe: Recipe, pretrained: str | os.PathLike | None = None,
                 config: AWDLSTMConfig | None = None, backwards=False, bs=32, bptt=70, max_vocab=30000, min_freq=2,
-                seed=42, tokens=None):
+                seed=42, tokens=None, cbs=()):
     """Stage 2: fine-tune the LM on the target task's text (vocab from the target training text).
 
     ``pretrained``: a stage-1 artifact folder (rows remapped by token into the new vocabulary).
@@ -159,17 +159,18 @@ def finetune_lm(train_texts, valid_texts, out: str | os.PathLike, recipe: Recipe
         files = (Path(pretrained) / "weights.pt", Path(pretrained) / "vocab.json")
     learn = ulmfit_lm_learner(dls, config=config, pretrained=files)
     t = time.time()
-    cbs = _fit(learn, recipe, classifier=False)
+    used = _fit(learn, recipe, classifier=False, extra=cbs)
     metrics = _lm_metrics(learn, time.time() - t)
     if learn.pretrained_report is not None:
         metrics["pretrained_tokens_matched"] = learn.pretrained_report.matched
-    save_artifact(out, learn, "lm", metrics, _lr_plot(cbs))
+    save_artifact(out, learn, "lm", metrics, _lr_plot(used))
     return learn, metrics
 
 
 def train_classifier(train_texts, train_labels, valid_texts, valid_labels, out: str | os.PathLike, recipe: Recipe,
                      lm: str | os.PathLike | None = None, config: AWDLSTMConfig | None = None, vocab: Vocab | None = None,
-                     backwards=False, bs=32, max_tokens=None, multi_label=False, seed=42, classes=None, tokens=None):
+                     backwards=False, bs=32, max_tokens=None, multi_label=False, seed=42, classes=None, tokens=None,
+                     cbs=()):
     """Stage 3: the classifier on top of the fine-tuned LM encoder (``lm``: a stage-2 artifact folder)."""
     torch.manual_seed(seed)
     encoder, lm_meta = None, None
@@ -186,11 +187,11 @@ def train_classifier(train_texts, train_labels, valid_texts, valid_labels, out: 
                                  multi_label=multi_label, seed=seed, max_tokens=max_tokens, classes=classes, tokens=tokens)
     learn = ulmfit_classifier_learner(dls, config=config, encoder=encoder, lm_meta=lm_meta)
     t = time.time()
-    cbs = _fit(learn, recipe, classifier=True)
+    used = _fit(learn, recipe, classifier=True, extra=cbs)
     vals = dict(zip(learn.recorder.metric_names[1:-1], map(float, learn.recorder.values[-1])))
     metrics = dict(valid_loss=vals.get("valid_loss"), accuracy=vals.get("accuracy", vals.get("accuracy_multi")),
                    seconds=round(time.time() - t, 1))
-    save_artifact(out, learn, "classifier", metrics, _lr_plot(cbs))
+    save_artifact(out, learn, "classifier", metrics, _lr_plot(used))
     return learn, metrics
 
 

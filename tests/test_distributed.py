@@ -1,0 +1,64 @@
+"""DistributedDataParallel on CPU (gloo, 2 processes): the classifier stage with every callback."""
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _worker(rank, world, init_file, out_dir, seed):
+    import warnings
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        import pandas as pd
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        from ulmfit_callbacks import (ASGDWeightAveraging, AWDLSTMConfig, DiscriminativeLR, GradualUnfreezing,
+                                      SlantedTriangularLR, classifier_dataloaders, lm_dataloaders,
+                                      ulmfit_classifier_learner)
+        from conftest import DATA
+        df = pd.read_csv(DATA / "trec6" / "train.csv").iloc[:320]
+        torch.manual_seed(seed)
+        vocab = lm_dataloaders(df.text.tolist(), bs=4, bptt=5, valid_pct=0.1).vocab
+        dls = classifier_dataloaders(df.text, df.label, vocab=vocab, valid_texts=df.text[:40], valid_labels=df.label[:40],
+                                     bs=16, seed=seed)
+        tr = dls.train  # shard the training documents: rank r takes every world-th one (same count on each rank)
+        n = len(tr.docs) // world * world
+        dls.loaders[0] = tr.new(docs=tr.docs[rank:n:world], labels=tr.labels[rank:n:world], seed=seed)
+        torch.manual_seed(seed)  # same initial weights on every rank
+        learn = ulmfit_classifier_learner(dls, config=AWDLSTMConfig(emb_sz=8, n_hid=16, n_layers=2))
+        learn.create_opt()  # parameter groups from the plain model, then wrap
+        learn.model = DDP(learn.model)
+        gu = GradualUnfreezing(method="grad_mask")  # requires_grad never flips after wrapping
+        changed = []
+        from fastai.callback.core import Callback
+
+        class Frozen(Callback):
+            order = 100
+
+            def before_train(self):
+                self.before = [p.detach().clone() for p in self.opt.param_lists[0]]
+
+            def after_train(self):
+                changed.append(any(not torch.equal(a, p) for a, p in zip(self.before, self.opt.param_lists[0])))
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(3, cbs=[SlantedTriangularLR(1e-2), DiscriminativeLR(), gu, ASGDWeightAveraging(start=4), Frozen()])
+        torch.save({"params": {k: v.detach().clone() for k, v in learn.model.module.named_parameters()},
+                    "embedding_changed": changed}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_end_identical(tmp_path):
+    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), 0), nprocs=2, join=True,
+                       start_method="spawn")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["params"].keys() == r1["params"].keys()
+    for k in r0["params"]:
+        assert torch.equal(r0["params"][k], r1["params"][k]), k
+    # the embedding (group 0 of 4) stays frozen for the 3 epochs of gradual unfreezing on both ranks
+    assert r0["embedding_changed"] == r1["embedding_changed"] == [False, False, False]

@@ -1,0 +1,77 @@
+"""bf16 autocast on CPU with every callback: trains, averages stay fp32, AR/TAR in fp32, no leak."""
+import pytest
+import torch
+from fastai.callback.core import Callback
+
+from ulmfit_callbacks import (ActivationRegularizer, ASGDWeightAveraging, BF16Autocast, DiscriminativeLR,
+                              GradualUnfreezing, SlantedTriangularLR, ulmfit_classifier_learner, ulmfit_lm_learner)
+
+
+class DtypeProbe(Callback):
+    order = 100
+
+    def after_pred(self):
+        self.pred_dtype = self.pred.dtype
+        self.autocast_in_pred = torch.is_autocast_enabled("cpu")
+
+    def after_loss(self):
+        self.loss_dtype = self.loss_grad.dtype
+
+
+def test_lm_under_bf16_with_every_callback(lm_dls, tiny_config):
+    learn = ulmfit_lm_learner(lm_dls, config=tiny_config)
+    probe, asgd = DtypeProbe(), ASGDWeightAveraging(start=5)
+    reg = next(cb for cb in learn.cbs if isinstance(cb, ActivationRegularizer))
+    seen = {}
+    orig = reg.after_loss
+
+    def spy():
+        seen["out"] = reg.out.dtype if reg.out is not None else None
+        orig()
+    reg.after_loss = spy
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(2, cbs=[BF16Autocast(), SlantedTriangularLR(1e-2), DiscriminativeLR(), asgd, probe])
+    losses = [v[0] for v in learn.recorder.values]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert learn.recorder.values[-1][1] < learn.recorder.values[0][1] + 0.5
+    assert probe.pred_dtype == torch.float32 and probe.loss_dtype == torch.float32
+    assert not probe.autocast_in_pred  # autocast closed right after the forward
+    assert seen["out"] == torch.float32  # AR/TAR computed on fp32 activations
+    assert all(v.dtype == torch.float32 for v in asgd.avg.values())
+    assert all(p.dtype == torch.float32 for p in learn.model.parameters())
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_bf16_really_changes_the_forward(lm_dls, tiny_config):
+    learn = ulmfit_lm_learner(lm_dls, config=tiny_config)
+    learn.model.eval()
+    x = next(iter(lm_dls.valid))[0]
+    learn.model.reset()
+    fp32 = learn.model(x)[0]
+    cb = BF16Autocast()
+    cb.learn = learn
+    cb.before_fit()
+    learn.model.reset()
+    bf = learn.model(x)[0]
+    cb.after_fit()
+    assert bf.dtype == torch.float32 and not torch.equal(bf, fp32)
+    torch.testing.assert_close(bf, fp32, atol=0.05, rtol=0.05)
+
+
+def test_exception_in_forward_does_not_leak_autocast(lm_dls, tiny_config):
+    learn = ulmfit_lm_learner(lm_dls, config=tiny_config)
+    cb = BF16Autocast()
+    cb.learn = learn
+    cb.before_fit()
+    with pytest.raises(ValueError):
+        learn.model(torch.zeros(3, dtype=torch.long))  # wrong shape: the encoder raises
+    assert not torch.is_autocast_enabled("cpu")
+    cb.after_fit()
+
+
+def test_classifier_under_bf16_with_unfreezing(lm_dls, clf_dls_factory, tiny_config):
+    clf = ulmfit_classifier_learner(clf_dls_factory(lm_dls.vocab), config=tiny_config)
+    with clf.no_bar(), clf.no_logging():
+        clf.fit(2, cbs=[BF16Autocast(), SlantedTriangularLR(1e-2), DiscriminativeLR(), GradualUnfreezing(),
+                        ASGDWeightAveraging(start=2)])
+    assert torch.isfinite(torch.tensor(clf.recorder.values[-1][:2])).all()
