@@ -132,6 +132,9 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from common import record
+    record("lm_throughput", dict(vocab=args.vocab, bs=args.bs, bptt=args.bptt, steps=args.steps, results=res))
 
 
 if __name__ == "__main__":

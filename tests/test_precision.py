@@ -75,3 +75,13 @@ def test_classifier_under_bf16_with_unfreezing(lm_dls, clf_dls_factory, tiny_con
         clf.fit(2, cbs=[BF16Autocast(), SlantedTriangularLR(1e-2), DiscriminativeLR(), GradualUnfreezing(),
                         ASGDWeightAveraging(start=2)])
     assert torch.isfinite(torch.tensor(clf.recorder.values[-1][:2])).all()
+
+
+def test_state_carried_from_bf16_into_fp32_forward(tiny_config):
+    from ulmfit_callbacks import AWDLSTMLanguageModel
+    m = AWDLSTMLanguageModel(50, tiny_config).train()
+    x = torch.randint(0, 50, (4, 7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m(x)
+    assert all(h.dtype == torch.float32 for hc in m.encoder.hidden for h in hc)
+    assert m(x)[0].dtype == torch.float32  # an fp32 step right after a bf16 one

@@ -171,9 +171,10 @@ class AWDLSTM(nn.Module):
         x = self.input_dp(embedding_dropout(self.embedding, tokens, self.config.embed_p, self.training))
         state = self._state(tokens.size(0), self.embedding.weight)
         new_state = []
+        dtype = self.embedding.weight.dtype  # carried state in the parameters' dtype, also after autocast
         for i, layer in enumerate(self.layers):
             x, hc = layer(x, state[i])
-            new_state.append((hc[0].detach(), hc[1].detach()))
+            new_state.append((hc[0].detach().to(dtype), hc[1].detach().to(dtype)))
             if i < len(self.hidden_dps):
                 x = self.hidden_dps[i](x)
         self.hidden = new_state
