@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import warnings
@@ -29,8 +29,9 @@ def child(doc_len: int, bs: int, max_len: int):
     base = psutil.Process().memory_info().rss
     loss = model(x).logsumexp(1).mean()
     loss.backward()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps(dict(peak_above_start_mib=(peak - base) / 2**20)))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from common import peak_rss_mib
+    print(json.dumps(dict(peak_above_start_mib=peak_rss_mib() - base / 2**20)))
 
 
 def main():

@@ -162,7 +162,8 @@ def compare(args):
         if "tfidf" in args.methods:
             r["TF-IDF 1-2 grams + LR (C=10)"] = dict(error=tfidf(tr_x, tr_y, te_x, te_y, seed))
         if "ours" in args.methods:
-            r.update(ours(args.task, tr_toks, tr_y, te_toks, te_y, seed, args.lm_epochs, args.clf_epochs, args.lr))
+            r.update(ours(args.task, tr_toks, tr_y, te_toks, te_y, seed, args.lm_epochs, args.clf_epochs, args.lr,
+                          stage1_dirs=args.directions))
         if "scratch" in args.methods:
             r["same classifier from scratch"] = scratch(args.task, tr_toks, tr_y, te_toks, te_y, seed, args.clf_epochs, args.lr)
         if "stock" in args.methods:
@@ -197,6 +198,8 @@ def main():
     p.add_argument("--lm-epochs", type=int, default=2)
     p.add_argument("--clf-epochs", type=int, default=6)
     p.add_argument("--lr", type=float, default=2e-2)
+    p.add_argument("--directions", nargs="+", choices=["fwd", "bwd"], default=["fwd", "bwd"],
+                   help="directions of our model (both: the ensemble too); each needs its stage 1")
     p.set_defaults(func=compare)
     args = ap.parse_args()
     args.func(args)

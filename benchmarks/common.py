@@ -38,3 +38,12 @@ def record(name: str, result: dict):
                    result=result)
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=float))
     return payload
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (VmHWM). Unlike ``ru_maxrss``, it is not inherited
+    from the parent across fork + exec, so a fresh subprocess measures only itself."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")

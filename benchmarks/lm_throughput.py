@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
+import os
 import subprocess
 import sys
 import time
@@ -95,7 +95,9 @@ def child(args):
     for _ in range(args.steps):
         b = torch.randint(0, args.vocab, (args.bs, args.bptt + 1), generator=g)
         train_step(model, opt, b[:, :-1], b[:, 1:], args.bf16)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # MiB
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from common import peak_rss_mib
+    print(peak_rss_mib())
 
 
 def main():
@@ -108,6 +110,7 @@ def main():
     ap.add_argument("--mem-steps", type=int, default=10)
     ap.add_argument("--bf16", action="store_true", help="also time ours under bf16 autocast")
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--memory-only", action="store_true", help="skip the timing, measure peak memory only")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--_child")
     ap.add_argument("--_cfg")
@@ -120,11 +123,17 @@ def main():
           f"vocab {args.vocab}, bs {args.bs}, bptt {args.bptt}, median of {args.steps} steps after {args.warmup} warm-up")
     for name in args.configs.split(","):
         cfg = CONFIGS[name]
-        r = timing(cfg, args)
+        if args.memory_only:
+            r = {w: {} for w in ["fastai", "ours"] + (["ours bf16"] if args.bf16 else [])}
+        else:
+            r = timing(cfg, args)
         for w in r:
             r[w]["peak_rss_mib"] = peak_rss_child(w.split()[0], cfg, args, bf16=w.endswith("bf16"))
         res[name] = r
         base = r["fastai"]
+        if args.memory_only:
+            print("\n".join(f"{name:17s} {w:12s} peak RSS {v['peak_rss_mib']:.0f} MiB" for w, v in r.items()))
+            continue
         for w, v in r.items():
             print(f"{name:17s} {w:12s} train {v['train_tok_s']:7.0f} tok/s ({v['train_tok_s'] / base['train_tok_s']:.2f}x)  "
                   f"infer {v['infer_tok_s']:7.0f} tok/s ({v['infer_tok_s'] / base['infer_tok_s']:.2f}x)  "
@@ -134,7 +143,7 @@ def main():
             json.dump(res, f, indent=2)
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from common import record
-    record("lm_throughput", dict(vocab=args.vocab, bs=args.bs, bptt=args.bptt, steps=args.steps, results=res))
+    record("lm_memory" if args.memory_only else "lm_throughput", dict(vocab=args.vocab, bs=args.bs, bptt=args.bptt, steps=args.steps, results=res))
 
 
 if __name__ == "__main__":

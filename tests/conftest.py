@@ -15,7 +15,7 @@ DATA = Path(os.environ.get("ULMFIT_SHARED_DATA", REPO.parent / "shared" / "data"
 
 
 def pytest_configure(config):
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(1)  # tiny models; also avoids OpenMP oversubscription beside other jobs
 
 
 @pytest.fixture(scope="session")
