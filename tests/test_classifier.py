@@ -192,3 +192,50 @@ def test_end_to_end_trec6_beats_majority(trec):
     acc = float(clf.validate()[1])
     majority = test.label.value_counts(normalize=True).max()  # 0.276 on TREC-6 test
     assert acc > majority + 0.3, f"accuracy {acc:.3f} vs majority {majority:.3f}"
+
+
+def test_a_100k_token_document_trains_and_predicts():
+    """Memory stays bounded: only the last max_len tokens keep a graph."""
+    enc = _encoder(bptt=70, max_len=280, vocab=40)
+    from ulmfit_callbacks import PoolingClassifierHead, ULMFiTClassifier
+    model = ULMFiTClassifier(enc, PoolingClassifierHead(18, 3, hidden=8)).train()
+    x = torch.randint(2, 40, (2, 100_000))
+    model(x).sum().backward()
+    assert enc.module.embedding.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+def test_classifier_crash_and_resume_with_every_callback(fitted_lm, clf_dls_factory, tiny_config, tmp_path):
+    """STLR + discriminative lrs + gradual unfreezing + averaging: interrupted, resumed, same end."""
+    from helpers import Boom, CrashAt, LRTrace
+    from ulmfit_callbacks import ASGDWeightAveraging
+    from ulmfit_callbacks.checkpoint import EpochCheckpoint, resume_fit
+    dls = clf_dls_factory(fitted_lm.dls.vocab)
+
+    def make():
+        torch.manual_seed(0)
+        dls.train.rng = np.random.default_rng(0)
+        return ulmfit_classifier_learner(dls, config=tiny_config, encoder=fitted_lm)
+
+    def cbs(trace):
+        return [SlantedTriangularLR(1e-2), DiscriminativeLR(), GradualUnfreezing(), ASGDWeightAveraging(start=10),
+                trace, EpochCheckpoint(tmp_path / "clf.pt")]
+    ref, t_ref = make(), LRTrace()
+    with ref.no_bar(), ref.no_logging():
+        ref.fit(4, cbs=cbs(t_ref))
+    n = len(dls.train)
+    crashed, t = make(), LRTrace()
+    with crashed.no_bar(), crashed.no_logging(), pytest.raises(Boom):
+        crashed.fit(4, cbs=cbs(t) + [CrashAt(at=2 * n + 3)])
+    t.lrs = t.lrs[: 2 * n]
+    resumed = make()
+    used = cbs(t)
+    with resumed.no_bar(), resumed.no_logging():
+        resume_fit(resumed, 4, tmp_path / "clf.pt", cbs=used)
+    assert np.array(t.lrs) == pytest.approx(np.array(t_ref.lrs), rel=1e-12)
+    assert used[2].epochs_done == 4 and used[3].n_averaged == 4 * n - 10
+    for (k, a), b in zip(ref.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)

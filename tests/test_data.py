@@ -115,3 +115,9 @@ def test_label_errors():
     dls = classifier_dataloaders(["a", "a a", "a"], ["x;y", "y", "x"], vocab=vocab, valid_texts=["a"],
                                  valid_labels=["y;x"], multi_label=True)
     assert dls.classes == ["x", "y"] and dls.valid.labels.tolist() == [[1.0, 1.0]]
+
+
+def test_malformed_csv(tmp_path):
+    (tmp_path / "bad.csv").write_text("text,label\na,b\nc,d,e,f\n")
+    with pytest.raises(ValueError, match="not a readable CSV"):
+        read_texts(tmp_path / "bad.csv")

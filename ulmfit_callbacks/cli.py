@@ -67,8 +67,8 @@ def _recipe(a, classifier=False):
 # --------------------------------------------------------------------------------------- commands
 def cmd_pretrain(a):
     from .pipeline import Recipe, pretrain_lm
+    r = _recipe(a)  # arguments first, data second
     train, valid = _read_corpus(a.corpus, a.text_col)
-    r = _recipe(a)
     recipe = Recipe(epochs=r.epochs, lr=r.lr, stlr=r.stlr, discriminative=False, asgd=r.asgd)
     _, m = pretrain_lm(train, valid, a.out, _model_config(a), recipe, backwards=a.backwards, bs=a.bs, bptt=a.bptt,
                        max_vocab=a.max_vocab)
@@ -77,15 +77,18 @@ def cmd_pretrain(a):
 
 def cmd_finetune_lm(a):
     from .pipeline import finetune_lm
+    recipe = _recipe(a)
     texts, _ = _read_labelled(a.data, a.text_col, None)
-    _, m = finetune_lm(texts, None, a.out, _recipe(a), pretrained=a.pretrained,
+    _, m = finetune_lm(texts, None, a.out, recipe, pretrained=a.pretrained,
                        config=None if a.pretrained else _model_config(a), backwards=a.backwards, bs=a.bs, bptt=a.bptt,
                        max_vocab=a.max_vocab)
     print(f"stage 2 done: validation perplexity {m['perplexity']:.1f} -> {a.out}")
 
 
 def cmd_train_classifier(a):
-    from .pipeline import train_classifier
+    from .pipeline import load_artifact, train_classifier
+    recipe = _recipe(a, classifier=True)
+    load_artifact(a.lm)  # a missing or foreign LM folder fails before the data are read
     texts, labels = _read_labelled(a.data, a.text_col, a.label_col)
     vt, vl = _read_labelled(a.valid, a.text_col, a.label_col) if a.valid else (None, None)
     if vt is None:
@@ -93,7 +96,7 @@ def cmd_train_classifier(a):
         tr, va = _split_valid(len(texts), 0.1, a.seed)
         vt, vl = [texts[i] for i in va], [labels[i] for i in va]
         texts, labels = [texts[i] for i in tr], [labels[i] for i in tr]
-    _, m = train_classifier(texts, labels, vt, vl, a.out, _recipe(a, classifier=True), lm=a.lm, backwards=a.backwards,
+    _, m = train_classifier(texts, labels, vt, vl, a.out, recipe, lm=a.lm, backwards=a.backwards,
                             bs=a.bs, max_tokens=a.max_tokens, multi_label=a.multi_label, seed=a.seed)
     print(f"stage 3 done: validation accuracy {m['accuracy']:.4f} -> {a.out}")
 

@@ -108,6 +108,8 @@ def read_texts(data: pd.DataFrame | str | os.PathLike, text_col: str = "text",
             data = pd.read_csv(data)
         except pd.errors.EmptyDataError:
             raise ValueError(f"{where} is empty") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise ValueError(f"{where} is not a readable CSV file ({e})") from None
     if len(data) == 0:
         raise ValueError(f"{where} has no rows")
     for col in [text_col] + ([label_col] if label_col else []):
