@@ -25,7 +25,7 @@ runs the same steps.""",
 SETUP,
 """from ulmfit_callbacks import *
 df = load_bbc_news()
-if QUICK: df = df.sample(300, random_state=0).reset_index(drop=True)
+if QUICK: df = df.sample(800, random_state=0).reset_index(drop=True)
 import numpy as np
 perm = np.random.default_rng(0).permutation(len(df))
 test, valid, train = np.split(perm, [len(df) // 5, len(df) // 5 + len(df) // 10])
@@ -33,8 +33,8 @@ toks = tokenize(df.text.tolist(), n_workers=2)
 pick = lambda idx: [toks[i] for i in idx]
 print(len(train), 'train /', len(valid), 'valid /', len(test), 'test articles;', sum(map(len, toks)), 'tokens')""",
 """md:## Stage 2: fine-tune the language model (here from random weights; pass `pretrained=` for stage-1 weights)""",
-"""cfg = AWDLSTMConfig(emb_sz=16, n_hid=32, n_layers=2) if QUICK else AWDLSTMConfig(emb_sz=64, n_hid=256, n_layers=2)
-max_tokens = 60 if QUICK else 400
+"""cfg = AWDLSTMConfig(emb_sz=32, n_hid=64, n_layers=2) if QUICK else AWDLSTMConfig(emb_sz=64, n_hid=256, n_layers=2)
+max_tokens = 150 if QUICK else 400
 lm_dls = lm_dataloaders(None, tokens=(pick(train), pick(valid)), bs=32, bptt=70, max_vocab=8000)
 lm = ulmfit_lm_learner(lm_dls, config=cfg)
 stlr_cb = SlantedTriangularLR(lr_max=1e-2)
@@ -52,7 +52,7 @@ for backwards in (False, True):
     dls = classifier_dataloaders(None, [labels[i] for i in train], vocab=lm_dls.vocab, valid_labels=[labels[i] for i in valid],
                                  tokens=(pick(train), pick(valid)), backwards=backwards, max_tokens=max_tokens, bs=32)
     clf = ulmfit_classifier_learner(dls, config=cfg, encoder=lm_b)
-    clf.fit(2 if QUICK else 4, cbs=[SlantedTriangularLR(2e-2), DiscriminativeLR(), GradualUnfreezing()])
+    clf.fit(5 if QUICK else 8, cbs=[SlantedTriangularLR(2e-2), DiscriminativeLR(), GradualUnfreezing([1, 2])])
     learners['backward' if backwards else 'forward'] = clf""",
 """md:## Test accuracy of each direction and of the ensemble""",
 """from ulmfit_callbacks.ensemble import predict_tokens
@@ -82,7 +82,7 @@ dls_lm = TextDataLoaders.from_df(df, text_col='text', is_lm=True, valid_pct=0.1,
 """learn = language_model_learner(dls_lm, AWD_LSTM, config=dict(awd_lstm_lm_config, **small), pretrained=False,
                                metrics=[accuracy, Perplexity()])
 stlr_cb = SlantedTriangularLR(lr_max=1e-2)
-asgd = ASGDWeightAveraging(nonmono=1)
+asgd = ASGDWeightAveraging(start_epoch=1)   # or ASGDWeightAveraging() for the NT-ASGD trigger
 learn.fit(2 if QUICK else 4, cbs=[stlr_cb, DiscriminativeLR(), asgd])
 print('averaging started at iteration', asgd.start_iter, '; iterates averaged:', asgd.n_averaged)
 fig = stlr_cb.plot()   # one line per parameter group: fastai's LM groups put embedding+decoder last""",

@@ -85,8 +85,10 @@ def save_artifact(folder: str | os.PathLike, learn, kind: str, metrics: dict | N
         write_json(folder / "metrics.json", metrics)
     for name, fig in plots:
         tmp = folder / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=110, format="png")
         os.replace(tmp, folder / f"{name}.png")
+        import matplotlib.pyplot as plt
+        plt.close(fig)  # saved, not shown (notebooks would display every one)
 
 
 def load_artifact(folder: str | os.PathLike) -> tuple[dict, Vocab, dict]:
