@@ -62,3 +62,19 @@ def test_two_ranks_end_identical(tmp_path):
         assert torch.equal(r0["params"][k], r1["params"][k]), k
     # the embedding (group 0 of 4) stays frozen for the 3 epochs of gradual unfreezing on both ranks
     assert r0["embedding_changed"] == r1["embedding_changed"] == [False, False, False]
+
+
+def test_lm_data_order_is_consistent_across_ranks():
+    """Same seed on every rank: the same document order and BPTT lengths, disjoint rows that
+    together are exactly the batches of one loader with world_size x bs rows."""
+    import numpy as np
+    from ulmfit_callbacks import LMLoader
+    docs = [np.arange(1000 * i, 1000 * i + n) for i, n in enumerate([300, 520, 410, 280, 660, 390])]
+    ranks = [LMLoader(docs, bs=3, bptt=20, shuffle=True, seed=7, rank=r, world_size=2) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1])
+    whole = LMLoader(docs, bs=6, bptt=20, shuffle=True, seed=7)
+    for (x0, y0), (x1, y1), (xw, yw) in zip(*ranks, whole):
+        assert x0.shape == x1.shape  # same drawn seq_len on both ranks
+        assert torch.equal(torch.cat([x0, x1]), xw) and torch.equal(torch.cat([y0, y1]), yw)
+    with pytest.raises(ValueError, match="shared `seed`"):
+        LMLoader(docs, bs=3, shuffle=True, rank=1, world_size=2)

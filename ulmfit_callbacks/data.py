@@ -212,12 +212,22 @@ class LMLoader(_Loader):
     drawn as in the paper (Merity et al. 2017, Sec. 4.1): ``N(bptt, 5)`` w.p. 0.95 else
     ``N(bptt/2, 5)``, clipped to [5, bptt + 40]. The number of batches per epoch is fixed,
     ``ceil((rows_len - 1) / bptt)``, so schedules know ``len(loader)`` in advance.
+
+    Distributed: with ``world_size`` > 1 the stream is cut into ``bs * world_size`` rows and
+    rank ``rank`` reads rows ``rank * bs`` to ``(rank + 1) * bs``. Every rank draws the same
+    document order and sequence lengths from the shared ``seed``, so batches line up across ranks.
     """
 
     def __init__(self, docs: Sequence[np.ndarray], bs: int = 64, bptt: int = 70, shuffle: bool = False,
-                 variable_bptt: bool | None = None, seed: int | None = None, device=None):
+                 variable_bptt: bool | None = None, seed: int | None = None, device=None, rank: int = 0,
+                 world_size: int = 1):
         if bs < 1 or bptt < 1:
             raise ValueError(f"bs and bptt must be >= 1, got bs={bs}, bptt={bptt}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        if world_size > 1 and shuffle and seed is None:
+            raise ValueError("distributed LM loaders need a shared `seed` so that every rank reads the same order")
+        self.rank, self.world_size = rank, world_size
         self.docs = [np.asarray(d, dtype=np.int64) for d in docs]
         self.bs, self.bptt, self.shuffle = bs, bptt, shuffle
         self.variable_bptt = shuffle if variable_bptt is None else variable_bptt
@@ -226,12 +236,12 @@ class LMLoader(_Loader):
         self.n_items = int(sum(len(d) for d in self.docs))
         self.last_seq_len = bptt
         self.device = torch.device(device) if device is not None else None
-        if self.docs and self.n_items // bs < 2:
-            raise ValueError(f"{self.n_items} tokens are too few for batch size {bs}")
+        if self.docs and self.n_items // (bs * world_size) < 2:
+            raise ValueError(f"{self.n_items} tokens are too few for batch size {bs} x {world_size} rank(s)")
 
     @property
     def row_len(self) -> int:
-        return self.n_items // self.bs
+        return self.n_items // (self.bs * self.world_size)
 
     def __len__(self) -> int:
         return 0 if not self.docs else math.ceil((self.row_len - 1) / self.bptt)
@@ -250,7 +260,8 @@ class LMLoader(_Loader):
         order = self.rng.permutation(len(self.docs)) if self.shuffle else range(len(self.docs))
         stream = np.concatenate([self.docs[i] for i in order])
         L = self.row_len
-        rows = torch.from_numpy(stream[: L * self.bs].reshape(self.bs, L))
+        rows = torch.from_numpy(stream[: L * self.bs * self.world_size].reshape(self.bs * self.world_size, L))
+        rows = rows[self.rank * self.bs: (self.rank + 1) * self.bs]
         lens = self._seq_lens(n)
         spare = (L - 1) - int(lens.sum())
         i = int(self.rng.integers(0, spare + 1)) if (self.shuffle and spare > 0) else 0
@@ -263,7 +274,8 @@ class LMLoader(_Loader):
 
     def new(self, docs=None, **kwargs) -> "LMLoader":
         args = dict(docs=self.docs if docs is None else docs, bs=self.bs, bptt=self.bptt, shuffle=self.shuffle,
-                    variable_bptt=self.variable_bptt, seed=self.seed, device=self.device)
+                    variable_bptt=self.variable_bptt, seed=self.seed, device=self.device, rank=self.rank,
+                    world_size=self.world_size)
         args.update({k: v for k, v in kwargs.items() if k in args})
         return LMLoader(**args)
 
