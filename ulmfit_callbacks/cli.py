@@ -318,6 +318,17 @@ def _add_model(p):
     p.add_argument("--n-layers", type=_positive_int, default=3, help="LSTM layers (paper: 3)")
 
 
+def _add_lm(p):
+    """Options shared by the two LM stages."""
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--text-col", default="text")
+    p.add_argument("--backwards", action="store_true", help="train the backward LM (reversed token order)")
+    p.add_argument("--bptt", type=_positive_int, default=70)
+    p.add_argument("--max-vocab", type=_positive_int, default=30000)
+    _add_model(p)
+    _add_training(p, lr=1e-2, epochs=1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ulmfit", description="ULMFiT (Howard & Ruder 2018) on fastai: pretrain an "
                                  "AWD-LSTM LM, fine-tune it on your texts, then train a text classifier on top.",
@@ -337,25 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="stage 1: train the LM on a general-domain corpus")
     p.add_argument("corpus", help="CSV with a text column, a folder with train.csv (+ valid.csv), or .txt files")
-    p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--text-col", default="text")
-    p.add_argument("--backwards", action="store_true", help="train the backward LM (reversed token order)")
-    p.add_argument("--bptt", type=_positive_int, default=70)
-    p.add_argument("--max-vocab", type=_positive_int, default=30000)
-    _add_model(p)
-    _add_training(p, lr=1e-2, epochs=1)
+    _add_lm(p)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("finetune-lm", help="stage 2: fine-tune the LM on the target task's texts")
     p.add_argument("data", help="CSV, folder-per-class tree, or 'bbc'")
-    p.add_argument("--out", required=True)
     p.add_argument("--pretrained", help="stage-1 model folder (omit to start from random weights)")
-    p.add_argument("--text-col", default="text")
-    p.add_argument("--backwards", action="store_true")
-    p.add_argument("--bptt", type=_positive_int, default=70)
-    p.add_argument("--max-vocab", type=_positive_int, default=30000)
-    _add_model(p)
-    _add_training(p, lr=1e-2, epochs=1)
+    _add_lm(p)
     p.set_defaults(func=cmd_finetune_lm)
 
     p = sub.add_parser("train-classifier", help="stage 3: train the classifier on the fine-tuned LM")
