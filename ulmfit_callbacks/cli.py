@@ -383,8 +383,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="classifier folder, or run folder (forward+backward ensemble)")
     p.add_argument("--file", help="one text per line")
     p.set_defaults(func=cmd_predict)
-    for p in sub.choices.values():
-        p.formatter_class = argparse.ArgumentDefaultsHelpFormatter  # show defaults in every --help
     return ap
 
 
