@@ -16,6 +16,7 @@ from functools import partial
 warnings.filterwarnings("ignore")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from fastai.callback.training import GradientClip  # noqa: E402
 from fastai.optimizer import SGD  # noqa: E402
 
 from common import DATA, record  # noqa: E402
@@ -28,6 +29,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--lr", type=float, default=20.0, help="SGD lr (AWD-LSTM uses 30 at full scale)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--emb-sz", type=int, default=100)
+    ap.add_argument("--n-hid", type=int, default=300)
     args = ap.parse_args()
     train = pd.read_csv(DATA / "general" / "train.csv").text.tolist()
     valid = pd.read_csv(DATA / "general" / "valid.csv").text.tolist()
@@ -38,8 +41,8 @@ def main():
         if n >= args.train_tokens:
             break
     vtoks = tokenize(valid, n_workers=2)
-    cfg = AWDLSTMConfig(emb_sz=100, n_hid=300, n_layers=2)
-    runs = {"no averaging": None, "ASGD from epoch 2": dict(start_epoch=args.epochs // 2),
+    cfg = AWDLSTMConfig(emb_sz=args.emb_sz, n_hid=args.n_hid, n_layers=2)
+    runs = {"no averaging": None, f"ASGD from epoch {args.epochs // 2 + 1}": dict(start_epoch=args.epochs // 2),
             "NT-ASGD (nonmono=1)": dict(nonmono=1)}
     res = {}
     for name, kw in runs.items():
@@ -49,7 +52,7 @@ def main():
         cbs = [ASGDWeightAveraging(**kw)] if kw is not None else []
         t = time.time()
         with learn.no_bar():
-            learn.fit(args.epochs, args.lr, cbs=cbs)
+            learn.fit(args.epochs, args.lr, cbs=cbs + [GradientClip(0.25)])  # AWD-LSTM clips at 0.25
         loss = float(learn.validate()[0])
         res[name] = dict(valid_perplexity=math.exp(loss), seconds=round(time.time() - t, 1),
                          averaging_from_iter=(cbs[0].start_iter if cbs else None),
