@@ -53,10 +53,12 @@ def main():
         t = time.time()
         with learn.no_bar():
             learn.fit(args.epochs, args.lr, cbs=cbs + [GradientClip(0.25)])  # AWD-LSTM clips at 0.25
-        loss = float(learn.validate()[0])
+        per_epoch = [math.exp(v[1]) for v in learn.recorder.values]  # before validate() resets the recorder
+        with learn.no_bar():
+            loss = float(learn.validate()[0])
         res[name] = dict(valid_perplexity=math.exp(loss), seconds=round(time.time() - t, 1),
                          averaging_from_iter=(cbs[0].start_iter if cbs else None),
-                         per_epoch_valid_ppl=[math.exp(v[1]) for v in learn.recorder.values])
+                         per_epoch_valid_ppl=per_epoch)
         print(f"{name:22s} valid ppl {math.exp(loss):8.2f}  ({res[name]['seconds']} s)", flush=True)
     record("asgd_perplexity", dict(train_tokens=n, valid_tokens=sum(map(len, vtoks)), epochs=args.epochs,
                                    config=cfg.to_dict(), runs=res))
