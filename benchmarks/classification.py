@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 import warnings
 
@@ -23,7 +22,6 @@ import torch  # noqa: E402
 
 from common import CACHE, DATA, record  # noqa: E402
 from ulmfit_callbacks import AWDLSTMConfig, BF16Autocast, Vocab, tokenize  # noqa: E402
-from ulmfit_callbacks.data import numericalize  # noqa: E402
 from ulmfit_callbacks.ensemble import predict_tokens  # noqa: E402
 from ulmfit_callbacks.pipeline import Recipe, finetune_lm, load_artifact, pretrain_lm, train_classifier  # noqa: E402
 

@@ -1,7 +1,6 @@
 """Small helpers shared by the callback tests."""
 import inspect
 
-import torch
 from fastai.callback.core import Callback, event
 
 EVENTS = set(event.__dict__) if hasattr(event, "__dict__") else set()

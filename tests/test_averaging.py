@@ -4,7 +4,7 @@ import pytest
 import torch
 from fastai.callback.core import Callback
 
-from helpers import Boom, CrashAt, params_of
+from helpers import Boom, CrashAt
 from ulmfit_callbacks import ASGDWeightAveraging, ulmfit_classifier_learner, ulmfit_lm_learner
 from ulmfit_callbacks.checkpoint import EpochCheckpoint, resume_fit
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ulmfit_callbacks.cli import build_parser, main
+from ulmfit_callbacks.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from fastai.callback.core import event
-from fastai.learner import load_learner
 
 from helpers import CrashAt, LRTrace, Boom, event_methods
 from ulmfit_callbacks import (ASGDWeightAveraging, DiscriminativeLR, GradualUnfreezing, SlantedTriangularLR,

@@ -1,10 +1,8 @@
 """ASGD / NT-ASGD weight averaging (Merity et al. 2017, Sec. 3 and Algorithm 1) as a callback."""
 from __future__ import annotations
 
-import math
 
 import torch
-from fastai.callback.core import Callback
 from torch import nn
 
 from .base import ResumableCallback

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence

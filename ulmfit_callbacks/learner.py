@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from functools import partial
-from pathlib import Path
 
 import torch
 from fastai.callback.core import Callback

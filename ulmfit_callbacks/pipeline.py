@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -20,8 +20,8 @@ import torch
 
 from .averaging import ASGDWeightAveraging
 from .checkpoint import atomic_save
-from .data import Vocab, classifier_dataloaders, lm_dataloaders, tokenize
-from .learner import encoder_state_dict, ulmfit_classifier_learner, ulmfit_lm_learner
+from .data import Vocab, classifier_dataloaders, lm_dataloaders
+from .learner import ulmfit_classifier_learner, ulmfit_lm_learner
 from .models.awd_lstm import AWDLSTMConfig
 from .schedule import DiscriminativeLR, SlantedTriangularLR
 from .unfreezing import GradualUnfreezing
