@@ -13,7 +13,7 @@ from fastai.metrics import Perplexity, accuracy, accuracy_multi
 from fastai.optimizer import Adam
 
 from .data import ULMFiTDataLoaders
-from .models.awd_lstm import CLASSIFIER_DROPOUTS, AWDLSTMConfig, AWDLSTMLanguageModel
+from .models.awd_lstm import AWDLSTM, CLASSIFIER_DROPOUTS, AWDLSTMConfig, AWDLSTMLanguageModel
 from .models.classifier import BPT3CEncoder, PoolingClassifierHead, ULMFiTClassifier
 from .pretrained import find_pretrained_files, load_pretrained, wt103_files
 from .regularization import ActivationRegularizer
@@ -126,7 +126,6 @@ def ulmfit_classifier_learner(dls: ULMFiTDataLoaders, config: AWDLSTMConfig | di
                 ("itos" in lm_meta and lm_meta["itos"] != dls.vocab.itos):
             raise ValueError(f"vocabulary mismatch: the LM encoder has {lm_meta['vocab_sz']} tokens, the classifier data "
                              f"{len(dls.vocab)}; build the classifier data with the fine-tuned LM's vocab")
-    from .models.awd_lstm import AWDLSTM
     n_out = len(dls.classes)
     enc = BPT3CEncoder(AWDLSTM(len(dls.vocab), config), bptt=bptt, max_len=max_len, pad_idx=config.pad_idx)
     head = PoolingClassifierHead(3 * config.emb_sz, n_out, hidden, head_ps or (config.output_p, 0.1))

@@ -207,9 +207,8 @@ def load_classifier(folder: str | os.PathLike):
     empty = ClassifierLoader([], y)
     dls = ULMFiTDataLoaders(empty, empty.new(), vocab=vocab, backwards=meta["backwards"], kind="classifier",
                             classes=meta["classes"], multi_label=meta["multi_label"])
-    cfg = AWDLSTMConfig.from_dict(meta["config"])
-    base = dataclasses.replace(cfg)  # the learner applies the classifier dropouts itself
-    learn = ulmfit_classifier_learner(dls, config=base, bptt=meta["bptt"], max_len=meta["max_len"],
+    cfg = AWDLSTMConfig.from_dict(meta["config"])  # dropouts do not matter for inference
+    learn = ulmfit_classifier_learner(dls, config=cfg, bptt=meta["bptt"], max_len=meta["max_len"],
                                       hidden=meta["hidden"], head_ps=tuple(meta["head_ps"]))
     learn.model.load_state_dict(state)
     learn.model.eval()
