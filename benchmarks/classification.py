@@ -20,28 +20,18 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from common import CACHE, DATA, record  # noqa: E402
-from ulmfit_callbacks import AWDLSTMConfig, BF16Autocast, Vocab, tokenize  # noqa: E402
+from common import CACHE, DATA, record, tokens  # noqa: E402
+from ulmfit_callbacks import AWDLSTMConfig, BF16Autocast, Vocab  # noqa: E402
 from ulmfit_callbacks.ensemble import predict_tokens  # noqa: E402
 from ulmfit_callbacks.pipeline import Recipe, finetune_lm, load_artifact, pretrain_lm, train_classifier  # noqa: E402
 
 CFG = AWDLSTMConfig(emb_sz=200, n_hid=400, n_layers=3)  # the CPU config of the stock numbers
 
 
-def _tokens(texts, cache_name):
-    path = CACHE / f"tokens_{cache_name}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    toks = tokenize(texts, n_workers=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(toks))
-    return toks
-
-
 def stage1(args):
     train = pd.read_csv(DATA / "general" / "train.csv").text.tolist()
     valid = pd.read_csv(DATA / "general" / "valid.csv").text.tolist()
-    toks, vtoks = _tokens(train, "general_train"), _tokens(valid, "general_valid")
+    toks, vtoks = tokens(train, "general_train"), tokens(valid, "general_valid")
     n, cut = 0, len(toks)
     for i, t in enumerate(toks):
         n += len(t)
@@ -153,7 +143,7 @@ def stock_fastai(task, tr_x, tr_y, te_x, te_y, seed, lm_epochs):
 
 def compare(args):
     tr_x, tr_y, te_x, te_y = _task(args.task)
-    tr_toks, te_toks = _tokens(tr_x, f"{args.task}_train"), _tokens(te_x, f"{args.task}_test")
+    tr_toks, te_toks = tokens(tr_x, f"{args.task}_train"), tokens(te_x, f"{args.task}_test")
     rows = {}
     for seed in args.seeds:
         r = {}

@@ -47,3 +47,15 @@ def peak_rss_mib() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def tokens(texts, cache_name: str) -> list[list[str]]:
+    """fastai-tokenised ``texts``, cached in ``CACHE/tokens_<cache_name>.json``."""
+    path = CACHE / f"tokens_{cache_name}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    from ulmfit_callbacks import tokenize
+    toks = tokenize(list(texts), n_workers=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(toks))
+    return toks

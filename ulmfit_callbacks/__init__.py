@@ -11,7 +11,7 @@ with _warnings.catch_warnings():  # fastai's import under torch 2.14 warns about
     from .ensemble import ForwardBackwardEnsemble
     from .learner import encoder_state_dict, ulmfit_classifier_learner, ulmfit_lm_learner
     from .models import (AWDLSTM, AWDLSTMConfig, AWDLSTMLanguageModel, BPT3CEncoder, PoolingClassifierHead,
-                         ULMFiTClassifier, from_fastai_state_dict, to_fastai_state_dict)
+                         QRNNLayer, ULMFiTClassifier, from_fastai_state_dict, to_fastai_state_dict)
     from .precision import BF16Autocast
     from .pretrained import load_pretrained
     from .regularization import ActivationRegularizer
@@ -21,7 +21,7 @@ with _warnings.catch_warnings():  # fastai's import under torch 2.14 warns about
 
 __all__ = ["ASGDWeightAveraging", "BF16Autocast", "ActivationRegularizer", "AWDLSTM", "AWDLSTMConfig", "AWDLSTMLanguageModel",
            "BPT3CEncoder", "ClassifierLoader", "DiscriminativeLR", "ForwardBackwardEnsemble", "GradualUnfreezing",
-           "LMLoader", "PoolingClassifierHead", "SlantedTriangularLR", "ULMFiTClassifier", "ULMFiTDataLoaders",
+           "LMLoader", "PoolingClassifierHead", "QRNNLayer", "SlantedTriangularLR", "ULMFiTClassifier", "ULMFiTDataLoaders",
            "Vocab", "classifier_dataloaders", "classifier_splitter", "discriminative_lrs", "encoder_state_dict",
            "from_fastai_state_dict", "lm_dataloaders", "lm_splitter", "load_bbc_news", "load_pretrained", "plot_lrs",
            "stlr", "to_fastai_state_dict", "tokenize", "ulmfit_classifier_learner", "ulmfit_lm_learner"]

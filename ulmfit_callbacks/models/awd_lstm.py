@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .qrnn import QRNNLayer
+
 __all__ = ["AWDLSTMConfig", "CLASSIFIER_DROPOUTS", "LockedDropout", "WeightDropLSTM", "AWDLSTM",
            "LinearDecoder", "AWDLSTMLanguageModel", "to_fastai_state_dict", "from_fastai_state_dict"]
 
@@ -40,8 +42,11 @@ class AWDLSTMConfig:
     output_p: float = 0.1   # locked dropout before the decoder (LM) or first head dropout (classifier)
     tie_weights: bool = True
     out_bias: bool = True
+    arch: str = "lstm"      # "lstm" (AWD-LSTM) or "qrnn" (QRNN layers, as in MultiFiT)
 
     def __post_init__(self):
+        if self.arch not in ("lstm", "qrnn"):
+            raise ValueError(f"AWDLSTMConfig.arch must be 'lstm' or 'qrnn', got {self.arch!r}")
         for f in ("emb_sz", "n_hid", "n_layers"):
             if int(getattr(self, f)) < 1:
                 raise ValueError(f"AWDLSTMConfig.{f} must be >= 1, got {getattr(self, f)}")
@@ -125,12 +130,19 @@ class WeightDropLSTM(nn.Module):
         out, h, c = torch._VF.lstm(x, state, weights, True, 1, 0.0, self.training, False, True)
         return out, (h, c)
 
+    @property
+    def state_sizes(self) -> tuple[int, int]:
+        return self.n_out, self.n_out
+
     def extra_repr(self) -> str:
         return f"{self.n_in}, {self.n_out}, weight_p={self.weight_p}"
 
 
 class AWDLSTM(nn.Module):
     """AWD-LSTM encoder: embedding -> n_layers LSTMs -> last-layer outputs ``(bs, seq_len, emb_sz)``.
+
+    With ``config.arch == "qrnn"`` the layers are :class:`~ulmfit_callbacks.models.qrnn.QRNNLayer`
+    (same dropouts, state handling, splitters and callbacks).
 
     The hidden state is carried from one call to the next (truncated BPTT) and detached;
     :meth:`reset` zeroes it. A change of batch size keeps the first rows (as fastai does).
@@ -143,7 +155,11 @@ class AWDLSTM(nn.Module):
         self.embedding = nn.Embedding(vocab_sz, c.emb_sz, padding_idx=c.pad_idx)
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         sizes = [c.emb_sz] + [c.n_hid] * (c.n_layers - 1) + [c.emb_sz]
-        self.layers = nn.ModuleList(WeightDropLSTM(sizes[i], sizes[i + 1], c.weight_p) for i in range(c.n_layers))
+        if c.arch == "qrnn":  # width-2 gate convolution on the first layer, as fastai and awd-lstm-lm
+            self.layers = nn.ModuleList(QRNNLayer(sizes[i], sizes[i + 1], c.weight_p, window=2 if i == 0 else 1)
+                                        for i in range(c.n_layers))
+        else:
+            self.layers = nn.ModuleList(WeightDropLSTM(sizes[i], sizes[i + 1], c.weight_p) for i in range(c.n_layers))
         self.input_dp = LockedDropout(c.input_p)
         self.hidden_dps = nn.ModuleList(LockedDropout(c.hidden_p) for _ in range(c.n_layers - 1))
         self.hidden: list[tuple[Tensor, Tensor]] | None = None
@@ -153,7 +169,7 @@ class AWDLSTM(nn.Module):
         self.hidden = None
 
     def _state(self, bs: int, ref: Tensor) -> list[tuple[Tensor, Tensor]]:
-        zeros = [(ref.new_zeros(1, bs, l.n_out), ref.new_zeros(1, bs, l.n_out)) for l in self.layers]
+        zeros = [tuple(ref.new_zeros(1, bs, n) for n in l.state_sizes) for l in self.layers]
         if self.hidden is None:
             return zeros
         old_bs = self.hidden[0][0].size(1)
@@ -250,6 +266,8 @@ def _n_layers(keys, pattern: str) -> int:
 
 def to_fastai_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Our LM state dict -> fastai ``SequentialRNN(AWD_LSTM, LinearDecoder)`` state dict."""
+    if any(k.startswith("encoder.layers.") and k.endswith(".weight") for k in state_dict):
+        raise ValueError("this is a QRNN model: fastai's AWD_LSTM checkpoints hold LSTM weights only")
     n = _n_layers(state_dict, r"^encoder\.layers\.(\d+)\.")
     out = {}
     for ours, theirs in _encoder_key_map(n).items():
