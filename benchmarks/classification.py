@@ -11,7 +11,6 @@ that uses pretraining starts from those weights.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 

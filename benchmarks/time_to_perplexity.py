@@ -31,7 +31,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from fastai.callback.core import Callback  # noqa: E402
 
-from common import CACHE, DATA, record, tokens  # noqa: E402
+from common import DATA, record, tokens  # noqa: E402
 from ulmfit_callbacks import AWDLSTMConfig, BF16Autocast, SlantedTriangularLR, lm_dataloaders, ulmfit_lm_learner  # noqa: E402
 
 SIZES = dict(emb_sz=200, n_hid=400, n_layers=3)
