@@ -40,10 +40,11 @@ def stage1(args):
     toks = toks[:cut]
     out = CACHE / f"stage1_{args.direction}"
     t = time.time()
-    learn, m = pretrain_lm(None, None, out, CFG, Recipe(epochs=args.epochs, lr=args.lr), backwards=args.direction == "bwd",
+    learn, m = pretrain_lm(None, None, out, CFG, Recipe(epochs=args.epochs, lr=args.lr, drop_mult=args.drop_mult), backwards=args.direction == "bwd",
                            bs=args.bs, bptt=70, max_vocab=args.max_vocab, tokens=(toks, vtoks), seed=0,
                            cbs=[BF16Autocast()] if args.bf16 else ())
-    m.update(train_tokens=sum(map(len, toks)), minutes=round((time.time() - t) / 60, 1), bf16=args.bf16)
+    m.update(train_tokens=sum(map(len, toks)), minutes=round((time.time() - t) / 60, 1), bf16=args.bf16,
+             drop_mult=args.drop_mult, lr=args.lr, bs=args.bs)
     print(f"stage 1 {args.direction}: valid perplexity {m['perplexity']:.1f} on {m['train_tokens']:,} tokens, "
           f"{m['minutes']} min")
     record(f"stage1_{args.direction}", m)
@@ -176,6 +177,7 @@ def main():
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--bs", type=int, default=32)
     p.add_argument("--max-vocab", type=int, default=30000)
+    p.add_argument("--drop-mult", type=float, default=1.0)
     p.add_argument("--bf16", action="store_true")
     p.set_defaults(func=stage1)
     p = sub.add_parser("compare")

@@ -6,6 +6,7 @@ subprocess, peak resident set size (ru_maxrss) reported.
 
     python benchmarks/lm_throughput.py                 # paper config and 200/400/3, fp32
     python benchmarks/lm_throughput.py --steps 30 --bf16
+    python benchmarks/lm_throughput.py --bf16 --qrnn --bs 64     # also the QRNN encoder option
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def build(which: str, vocab: int, emb: int, hid: int, layers: int):
         from fastai.text.all import AWD_LSTM, awd_lstm_lm_config, get_language_model
         return get_language_model(AWD_LSTM, vocab, config=dict(awd_lstm_lm_config, emb_sz=emb, n_hid=hid, n_layers=layers))
     from ulmfit_callbacks import AWDLSTMConfig, AWDLSTMLanguageModel
-    return AWDLSTMLanguageModel(vocab, AWDLSTMConfig(emb_sz=emb, n_hid=hid, n_layers=layers))
+    arch = "qrnn" if which == "ours-qrnn" else "lstm"
+    return AWDLSTMLanguageModel(vocab, AWDLSTMConfig(emb_sz=emb, n_hid=hid, n_layers=layers, arch=arch))
 
 
 def train_step(model, opt, x, y, bf16: bool):
@@ -52,11 +54,14 @@ def infer_step(model, x, bf16: bool):
 
 def timing(cfg, args):
     emb, hid, layers = cfg
-    models = {w: build(w, args.vocab, emb, hid, layers) for w in ("fastai", "ours")}
+    names = ("fastai", "ours") + (("ours-qrnn",) if args.qrnn else ())
+    models = {w: build(w, args.vocab, emb, hid, layers) for w in names}
     opts = {w: torch.optim.Adam(m.parameters(), 1e-3) for w, m in models.items()}
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, args.vocab, (args.bs, args.bptt + 1), generator=g) for _ in range(args.steps + args.warmup)]
     variants = [("fastai", False), ("ours", False)] + ([("ours", True)] if args.bf16 else [])
+    if args.qrnn:
+        variants += [("ours-qrnn", False)] + ([("ours-qrnn", True)] if args.bf16 else [])
     train_t = {v: [] for v in variants}
     infer_t = {v: [] for v in variants}
     for i, b in enumerate(batches):
@@ -109,9 +114,11 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--mem-steps", type=int, default=10)
     ap.add_argument("--bf16", action="store_true", help="also time ours under bf16 autocast")
+    ap.add_argument("--qrnn", action="store_true", help="also time our encoder with QRNN layers (same sizes)")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--memory-only", action="store_true", help="skip the timing, measure peak memory only")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--tag", help="suffix of the recorded results file (benchmarks/results/lm_throughput_<tag>.json)")
     ap.add_argument("--_child")
     ap.add_argument("--_cfg")
     args = ap.parse_args()
@@ -124,7 +131,8 @@ def main():
     for name in args.configs.split(","):
         cfg = CONFIGS[name]
         if args.memory_only:
-            r = {w: {} for w in ["fastai", "ours"] + (["ours bf16"] if args.bf16 else [])}
+            r = {w: {} for w in ["fastai", "ours"] + (["ours bf16"] if args.bf16 else [])
+                 + (["ours-qrnn"] + (["ours-qrnn bf16"] if args.bf16 else []) if args.qrnn else [])}
         else:
             r = timing(cfg, args)
         for w in r:
@@ -143,7 +151,8 @@ def main():
             json.dump(res, f, indent=2)
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from common import record
-    record("lm_memory" if args.memory_only else "lm_throughput", dict(vocab=args.vocab, bs=args.bs, bptt=args.bptt, steps=args.steps, results=res))
+    name = ("lm_memory" if args.memory_only else "lm_throughput") + (f"_{args.tag}" if args.tag else "")
+    record(name, dict(vocab=args.vocab, bs=args.bs, bptt=args.bptt, steps=args.steps, results=res))
 
 
 if __name__ == "__main__":

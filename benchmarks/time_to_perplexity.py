@@ -14,7 +14,7 @@ Recipes:
 - ``fastai``: fastai's ``language_model_learner(AWD_LSTM, drop_mult=1.0, pretrained=False)``
   (Adam, moms 0.8/0.7/0.8, wd 0.01, AR/TAR) and ``fit_one_cycle(1, lr)``: its default LM recipe.
 - ``ours``: ``ulmfit_lm_learner`` (Adam mom 0.8, wd 0.01, AR/TAR) with ``SlantedTriangularLR(lr)``,
-  optionally ``BF16Autocast`` and a lower ``drop_mult``.
+  optionally ``BF16Autocast``, a lower ``drop_mult`` and QRNN layers (``--arch qrnn``).
 """
 from __future__ import annotations
 
@@ -109,13 +109,14 @@ def run(args):
         with learn.no_bar(), learn.no_logging():
             learn.fit_one_cycle(1, args.lr, cbs=[curve])
     else:
-        learn = ulmfit_lm_learner(dls, config=AWDLSTMConfig(**SIZES), drop_mult=args.drop_mult)
+        learn = ulmfit_lm_learner(dls, config=AWDLSTMConfig(**SIZES, arch=args.arch), drop_mult=args.drop_mult)
         curve = Curve(valid, args.eval_every, copy.deepcopy(learn.model))
         cbs = [SlantedTriangularLR(args.lr), curve] + ([BF16Autocast()] if args.bf16 else [])
         with learn.no_bar(), learn.no_logging():
             learn.fit(1, cbs=cbs)
-    name = args.name or (f"{args.recipe}_lr{args.lr:g}_dm{args.drop_mult:g}_bs{args.bs}" + ("_bf16" if args.bf16 else ""))
-    out = dict(name=name, recipe=args.recipe, lr=args.lr, drop_mult=args.drop_mult, bs=args.bs, bf16=args.bf16,
+    name = args.name or (f"{args.recipe}{'_qrnn' if args.arch == 'qrnn' else ''}_lr{args.lr:g}_dm{args.drop_mult:g}"
+                         f"_bs{args.bs}" + ("_bf16" if args.bf16 else ""))
+    out = dict(name=name, recipe=args.recipe, arch=args.arch, lr=args.lr, drop_mult=args.drop_mult, bs=args.bs, bf16=args.bf16,
                threads=args.threads, train_tokens=int(sum(map(len, tr))), valid_tokens=int(valid.numel()),
                curve=curve.points)
     record(f"ttp_{name}", out)
@@ -158,6 +159,7 @@ def main():
     p.add_argument("--drop-mult", type=float, default=1.0)
     p.add_argument("--bs", type=int, default=32)
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--arch", choices=["lstm", "qrnn"], default="lstm", help="our encoder's layers (recipe ours)")
     p.add_argument("--tokens", type=int, default=500_000)
     p.add_argument("--valid-tokens", type=int, default=50_000)
     p.add_argument("--eval-every", type=int, default=50_000)

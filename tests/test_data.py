@@ -121,3 +121,15 @@ def test_malformed_csv(tmp_path):
     (tmp_path / "bad.csv").write_text("text,label\na,b\nc,d,e,f\n")
     with pytest.raises(ValueError, match="not a readable CSV"):
         read_texts(tmp_path / "bad.csv")
+
+
+def test_vocab_extended_keeps_task_ids_and_appends_pretrained_tokens(trec_tokens):
+    task = Vocab.build(trec_tokens[0], max_vocab=100, min_freq=2)
+    other = Vocab(task.itos[:9] + ["zebra", task.itos[12], "aardvark"])
+    ext = task.extended(other, max_vocab=1000)
+    assert ext.itos[: len(task)] == task.itos
+    assert ext.itos[len(task):] == ["zebra", "aardvark"]
+    assert len(task.extended(other, max_vocab=len(task) + 1)) == len(task) + 1
+    dls = lm_dataloaders(None, tokens=trec_tokens, bs=4, bptt=5, max_vocab=5000, extra_vocab=other)
+    big = Vocab.build(trec_tokens[0], max_vocab=5000, min_freq=2)
+    assert len(big) < 5000 and dls.vocab.itos == big.itos + ["zebra", "aardvark"]

@@ -55,6 +55,11 @@ class Vocab:
         words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
         return cls(SPECIAL_TOKENS + words[: max(0, max_vocab - len(SPECIAL_TOKENS))])
 
+    def extended(self, other: "Vocab", max_vocab: int = 60000) -> "Vocab":
+        """This vocabulary followed by ``other``'s tokens it lacks (in ``other``'s order), up to ``max_vocab``."""
+        extra = [t for t in other.itos[len(SPECIAL_TOKENS):] if t not in self.stoi]
+        return Vocab(self.itos + extra[: max(0, max_vocab - len(self.itos))])
+
     def __len__(self) -> int:
         return len(self.itos)
 
@@ -373,8 +378,10 @@ def _split_valid(n: int, valid_pct: float, seed: int) -> tuple[np.ndarray, np.nd
 def lm_dataloaders(train_texts: Sequence[str], valid_texts: Sequence[str] | None = None, vocab: Vocab | None = None,
                    valid_pct: float = 0.1, bs: int = 64, bptt: int = 70, backwards: bool = False,
                    max_vocab: int = 60000, min_freq: int = 2, variable_bptt: bool = True, seed: int = 42,
-                   tokens: tuple[list, list] | None = None, n_workers: int = 0, device=None) -> ULMFiTDataLoaders:
-    """LM DataLoaders from raw texts. The vocabulary comes from the training texts only.
+                   tokens: tuple[list, list] | None = None, n_workers: int = 0, device=None,
+                   extra_vocab: Vocab | None = None) -> ULMFiTDataLoaders:
+    """LM DataLoaders from raw texts. The vocabulary comes from the training texts only,
+    followed by ``extra_vocab``'s tokens it lacks (up to ``max_vocab``) when given.
 
     ``tokens`` may pass already tokenised (train, valid) lists to skip tokenisation.
     """
@@ -391,6 +398,8 @@ def lm_dataloaders(train_texts: Sequence[str], valid_texts: Sequence[str] | None
         train_toks = tokenize(train_texts, n_workers)
         valid_toks = tokenize(list(valid_texts), n_workers)
     vocab = vocab or Vocab.build(train_toks, max_vocab=max_vocab, min_freq=min_freq)
+    if extra_vocab is not None:
+        vocab = vocab.extended(extra_vocab, max_vocab)
     train = LMLoader(numericalize(train_toks, vocab, backwards), bs=bs, bptt=bptt, shuffle=True,
                      variable_bptt=variable_bptt, seed=seed)
     valid = LMLoader(numericalize(valid_toks, vocab, backwards), bs=bs, bptt=bptt, shuffle=False)

@@ -12,25 +12,29 @@ from .data import ClassifierLoader, numericalize, tokenize
 __all__ = ["ForwardBackwardEnsemble", "predict_texts", "predict_tokens"]
 
 
-def predict_texts(learn: Learner, texts: Sequence[str], bs: int = 64, max_tokens: int | None = None) -> torch.Tensor:
+def predict_texts(learn: Learner, texts: Sequence[str], bs: int = 64, max_tokens: int | None = None,
+                  bf16: bool = False) -> torch.Tensor:
     """Class probabilities for raw texts, in input order. Batches are sorted by length for speed."""
     if len(texts) == 0:
         raise ValueError("no texts to predict")
-    return predict_tokens(learn, tokenize(list(texts)), bs, max_tokens)
+    return predict_tokens(learn, tokenize(list(texts)), bs, max_tokens, bf16)
 
 
 def predict_tokens(learn: Learner, tokens: Sequence[Sequence[str]], bs: int = 64,
-                   max_tokens: int | None = None) -> torch.Tensor:
-    """Class probabilities for tokenised texts (first ``max_tokens`` of each), in input order."""
+                   max_tokens: int | None = None, bf16: bool = False) -> torch.Tensor:
+    """Class probabilities for tokenised texts (first ``max_tokens`` of each), in input order.
+
+    ``bf16``: run the model under bf16 autocast (AMX / tensor cores); the weights stay fp32.
+    """
     dls = learn.dls
     tokens = [t[:max_tokens] for t in tokens] if max_tokens else tokens
     ids = numericalize(tokens, dls.vocab, dls.backwards)
     dl = ClassifierLoader(ids, np.zeros(len(ids), dtype=np.int64), bs=bs, shuffle=False, pad_idx=learn.model.encoder.pad_idx)
-    return _probs(learn, dl)
+    return _probs(learn, dl, bf16)
 
 
 @torch.no_grad()
-def _probs(learn: Learner, dl: ClassifierLoader) -> torch.Tensor:
+def _probs(learn: Learner, dl: ClassifierLoader, bf16: bool = False) -> torch.Tensor:
     """Probabilities over a (non-shuffled) loader, returned in the loader's input order."""
     model = learn.model
     was = model.training
@@ -39,8 +43,9 @@ def _probs(learn: Learner, dl: ClassifierLoader) -> torch.Tensor:
     order = dl.get_idxs()
     outs = []
     try:
-        for i in range(0, len(order), dl.bs):
-            outs.append(model(dl.pad(order[i: i + dl.bs]).to(dev)).float().cpu())
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            for i in range(0, len(order), dl.bs):
+                outs.append(model(dl.pad(order[i: i + dl.bs]).to(dev)).float().cpu())
     finally:
         model.train(was)
     logits = torch.cat(outs)

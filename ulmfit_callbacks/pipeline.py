@@ -45,6 +45,7 @@ class Recipe:
     asgd: bool = False
     nonmono: int = 5
     wd: float = 0.01
+    drop_mult: float = 1.0        # multiplies every dropout of the stage's model (fastai's drop_mult)
 
     def callbacks(self, classifier: bool) -> list:
         cbs = []
@@ -57,6 +58,9 @@ class Recipe:
         if self.asgd:
             cbs.append(ASGDWeightAveraging(nonmono=self.nonmono))
         return cbs
+
+
+_SIZE_KEYS = ("emb_sz", "n_hid", "n_layers", "pad_idx", "tie_weights", "out_bias", "arch")
 
 
 def write_json(path: Path, obj):
@@ -130,7 +134,7 @@ def pretrain_lm(train_texts, valid_texts, out: str | os.PathLike, config: AWDLST
     torch.manual_seed(seed)
     dls = lm_dataloaders(train_texts, valid_texts, bs=bs, bptt=bptt, backwards=backwards, max_vocab=max_vocab,
                          min_freq=min_freq, seed=seed, tokens=tokens)
-    learn = ulmfit_lm_learner(dls, config=config)
+    learn = ulmfit_lm_learner(dls, config=config, drop_mult=recipe.drop_mult)
     t = time.time()
     recipe = dataclasses.replace(recipe, discriminative=False)  # stage 1 trains every layer alike
     used = _fit(learn, recipe, classifier=False, extra=cbs)
@@ -141,14 +145,22 @@ def pretrain_lm(train_texts, valid_texts, out: str | os.PathLike, config: AWDLST
 
 def finetune_lm(train_texts, valid_texts, out: str | os.PathLike, recipe: Recipe, pretrained: str | os.PathLike | None = None,
                 config: AWDLSTMConfig | None = None, backwards=False, bs=32, bptt=70, max_vocab=30000, min_freq=2,
-                seed=42, tokens=None, cbs=()):
+                seed=42, tokens=None, cbs=(), keep_pretrained_vocab: bool = False):
     """Stage 2: fine-tune the LM on the target task's text (vocab from the target training text).
 
-    ``pretrained``: a stage-1 artifact folder (rows remapped by token into the new vocabulary).
+    ``pretrained``: a stage-1 artifact folder (rows remapped by token into the new vocabulary);
+    its sizes are used, with the dropouts of ``config`` (default: the paper's LM dropouts)
+    times ``recipe.drop_mult``, whatever dropouts stage 1 trained with.
+
+    ``keep_pretrained_vocab``: the vocabulary is the task's (tokens seen ``min_freq`` times in its
+    training text) followed by the stage-1 tokens it lacks, up to ``max_vocab``: words that are
+    rare or absent in a small task's training text keep their pretrained embeddings instead of
+    becoming ``xxunk``.
     """
     torch.manual_seed(seed)
+    extra = load_artifact(pretrained)[1] if pretrained is not None and keep_pretrained_vocab else None
     dls = lm_dataloaders(train_texts, valid_texts, bs=bs, bptt=bptt, backwards=backwards, max_vocab=max_vocab,
-                         min_freq=min_freq, seed=seed, tokens=tokens)
+                         min_freq=min_freq, seed=seed, tokens=tokens, extra_vocab=extra)
     files = None
     if pretrained is not None:
         meta, vocab, _ = load_artifact(pretrained)
@@ -157,9 +169,10 @@ def finetune_lm(train_texts, valid_texts, out: str | os.PathLike, recipe: Recipe
         if meta["backwards"] != backwards:
             raise ValueError(f"{pretrained} is a {'backward' if meta['backwards'] else 'forward'} LM; "
                              f"this stage is {'backward' if backwards else 'forward'}")
-        config = AWDLSTMConfig.from_dict(meta["config"])
+        sizes = {k: meta["config"][k] for k in _SIZE_KEYS if k in meta["config"]}
+        config = dataclasses.replace(config or AWDLSTMConfig(), **sizes)
         files = (Path(pretrained) / "weights.pt", Path(pretrained) / "vocab.json")
-    learn = ulmfit_lm_learner(dls, config=config, pretrained=files)
+    learn = ulmfit_lm_learner(dls, config=config, pretrained=files, drop_mult=recipe.drop_mult)
     t = time.time()
     used = _fit(learn, recipe, classifier=False, extra=cbs)
     metrics = _lm_metrics(learn, time.time() - t)
@@ -187,7 +200,7 @@ def train_classifier(train_texts, train_labels, valid_texts, valid_labels, out: 
         raise ValueError("train_classifier needs the fine-tuned LM (`lm`) or a vocabulary (`vocab`)")
     dls = classifier_dataloaders(train_texts, train_labels, vocab, valid_texts, valid_labels, bs=bs, backwards=backwards,
                                  multi_label=multi_label, seed=seed, max_tokens=max_tokens, classes=classes, tokens=tokens)
-    learn = ulmfit_classifier_learner(dls, config=config, encoder=encoder, lm_meta=lm_meta)
+    learn = ulmfit_classifier_learner(dls, config=config, encoder=encoder, lm_meta=lm_meta, drop_mult=recipe.drop_mult)
     t = time.time()
     used = _fit(learn, recipe, classifier=True, extra=cbs)
     vals = dict(zip(learn.recorder.metric_names[1:-1], map(float, learn.recorder.values[-1])))
