@@ -4,22 +4,27 @@ Stage 1 runs once per direction on ``../shared/data/general`` and is cached outs
 repository (``~/.cache/ulmfit_callbacks/bench``, or ``$ULMFIT_BENCH_CACHE``); every method
 that uses pretraining starts from those weights.
 
-    python benchmarks/classification.py stage1 --direction fwd        # then --direction bwd
+    python benchmarks/classification.py stage1 --direction fwd --bf16 --drop-mult 0.2   # and --direction bwd
+    python benchmarks/classification.py tune --task trec6 --seeds 0 --directions fwd --set clf_lr=0.02
     python benchmarks/classification.py compare --task trec6 --seeds 0 1 2
     python benchmarks/classification.py compare --task mr --seeds 0 1 2
+    python benchmarks/classification.py ablate --task trec6 --seeds 0 --directions fwd
+    python benchmarks/classification.py sample --task trec6 --seeds 0 1 2
 """
 from __future__ import annotations
 
 import argparse
 import time
 import warnings
+import dataclasses
+from dataclasses import dataclass
 
 warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from common import CACHE, DATA, record, tokens  # noqa: E402
+from common import CACHE, DATA, REPO, record, tokens  # noqa: E402
 from ulmfit_callbacks import AWDLSTMConfig, BF16Autocast, Vocab  # noqa: E402
 from ulmfit_callbacks.ensemble import predict_tokens  # noqa: E402
 from ulmfit_callbacks.pipeline import Recipe, finetune_lm, load_artifact, pretrain_lm, train_classifier  # noqa: E402
@@ -69,19 +74,63 @@ def _error(learn, toks, labels):
     return p, float((p.argmax(1).numpy() != y).mean())
 
 
-def ours(task, tr_toks, tr_y, te_toks, te_y, seed, lm_epochs, clf_epochs, lr, stage1_dirs=("fwd", "bwd")):
-    """Full ULMFiT: LM fine-tuning (disc. lrs + STLR), classifier (gradual unfreezing + disc. lrs + STLR)."""
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of our ULMFiT recipe (the full recipe by default; ablations switch parts off)."""
+    lm_ft: bool = True            # stage 2: fine-tune the LM on the task's training text
+    lm_epochs: int = 2
+    lm_lr: float = 4e-3           # the paper's LM fine-tuning lr
+    lm_drop_mult: float = 1.0
+    keep_vocab: bool = True       # keep stage-1 tokens absent from the task text
+    discriminative: bool = True
+    stlr: bool = True             # False: fastai's fit_one_cycle at the same lr
+    gradual_unfreezing: bool = True
+    averaging: bool = True        # classifier weights averaged over its last epochs (ASGD)
+    clf_epochs: int = 6
+    clf_lr: float = 1e-2          # the paper's classifier lr
+    clf_drop_mult: float = 0.5    # fastai's text_classifier_learner default
+
+    def lm_key(self, task, d):
+        return (f"lm_{task}_{d}_e{self.lm_epochs}_lr{self.lm_lr:g}_dm{self.lm_drop_mult:g}_v{int(self.keep_vocab)}"
+                f"_d{int(self.discriminative)}_s{int(self.stlr)}")
+
+
+ABLATIONS = {
+    "full": Variant(),
+    "without LM fine-tuning": Variant(lm_ft=False),
+    "without discriminative lrs": Variant(discriminative=False),
+    "one-cycle instead of STLR": Variant(stlr=False),
+    "without gradual unfreezing": Variant(gradual_unfreezing=False),
+    "without averaging": Variant(averaging=False),
+}
+
+
+def _lm(task, d, v: Variant, tr_toks, seed=0):
+    """Stage 2 once per task, direction and LM settings (cached); the stage-1 folder without it."""
+    if not v.lm_ft:
+        return CACHE / f"stage1_{d}"
+    lm_dir = CACHE / v.lm_key(task, d)
+    if not (lm_dir / "weights.pt").exists():
+        n = len(tr_toks) // 10  # the LM's validation text: the last 10% of the training texts, no labels used
+        finetune_lm(None, None, lm_dir, Recipe(epochs=v.lm_epochs, lr=v.lm_lr, drop_mult=v.lm_drop_mult,
+                                                discriminative=v.discriminative, stlr=v.stlr),
+                    pretrained=CACHE / f"stage1_{d}", backwards=d == "bwd", bptt=70, max_vocab=30000,
+                    tokens=(tr_toks[:-n], tr_toks[-n:]), seed=seed, bs=32, keep_pretrained_vocab=v.keep_vocab)
+    return lm_dir
+
+
+def ours(task, tr_toks, tr_y, te_toks, te_y, seed, v: Variant, directions=("fwd", "bwd"), lm_toks=None, tag=""):
+    """Our ULMFiT: per direction, LM fine-tuning then the classifier; the ensemble when both.
+    ``lm_toks``: the texts for LM fine-tuning (default: the classifier's training texts)."""
     res, probs = {}, {}
-    for d in stage1_dirs:
-        lm_dir = CACHE / f"lm_{task}_{d}"
-        if not (lm_dir / "weights.pt").exists():  # stage 2 once per task and direction
-            finetune_lm(None, None, lm_dir, Recipe(epochs=lm_epochs, lr=1e-2), pretrained=CACHE / f"stage1_{d}",
-                        backwards=d == "bwd", bptt=70, max_vocab=30000, tokens=(tr_toks, te_toks[:200]), seed=0,
-                        bs=32)
+    for d in directions:
+        lm_dir = _lm(task, d, v, lm_toks if lm_toks is not None else tr_toks)
         t = time.time()
-        from ulmfit_callbacks.pipeline import load_classifier  # noqa: F401
-        learn, _ = train_classifier(None, tr_y, None, te_y, CACHE / f"clf_{task}_{d}_{seed}",
-                                    Recipe(epochs=clf_epochs, lr=lr, unfreeze_schedule=[1, 2, 3]), lm=lm_dir,
+        e = v.clf_epochs
+        recipe = Recipe(epochs=e, lr=v.clf_lr, stlr=v.stlr, discriminative=v.discriminative,
+                        gradual_unfreezing=v.gradual_unfreezing, unfreeze_schedule=[1, 2, 3] if e > 4 else None,
+                        asgd=v.averaging, asgd_start_epoch=max(e - 2, 0), drop_mult=v.clf_drop_mult)
+        learn, _ = train_classifier(None, tr_y, None, te_y, CACHE / f"clf_{task}_{d}{tag}_{seed}", recipe, lm=lm_dir,
                                     backwards=d == "bwd", tokens=(tr_toks, te_toks), seed=seed)
         probs[d], err = _error(learn, te_toks, te_y)
         res[f"ours {d}"] = dict(error=err, seconds=round(time.time() - t, 1))
@@ -91,13 +140,15 @@ def ours(task, tr_toks, tr_y, te_toks, te_y, seed, lm_epochs, clf_epochs, lr, st
     return res
 
 
-def scratch(task, tr_toks, tr_y, te_toks, te_y, seed, clf_epochs, lr):
-    """The same classifier and recipe, no stage 1 and no stage 2 (vocab from the task's training text)."""
+def scratch(task, tr_toks, tr_y, te_toks, te_y, seed, v: Variant, tag=""):
+    """The same classifier, no stage 1 or 2: all layers trained from the start with STLR, the same
+    epochs, lr and dropout (vocabulary from the task's training text)."""
     vocab = Vocab.build(tr_toks, max_vocab=30000, min_freq=2)
     t = time.time()
-    learn, _ = train_classifier(None, tr_y, None, te_y, CACHE / f"scratch_{task}_{seed}",
-                                Recipe(epochs=clf_epochs, lr=lr, gradual_unfreezing=False), config=CFG, vocab=vocab,
-                                tokens=(tr_toks, te_toks), seed=seed)
+    recipe = Recipe(epochs=v.clf_epochs, lr=v.clf_lr, gradual_unfreezing=False, discriminative=False,
+                    drop_mult=v.clf_drop_mult)
+    learn, _ = train_classifier(None, tr_y, None, te_y, CACHE / f"scratch_{task}{tag}_{seed}", recipe, config=CFG,
+                                vocab=vocab, tokens=(tr_toks, te_toks), seed=seed)
     return dict(error=_error(learn, te_toks, te_y)[1], seconds=round(time.time() - t, 1))
 
 
@@ -119,6 +170,7 @@ def stock_fastai(task, tr_x, tr_y, te_x, te_y, seed, lm_epochs):
     ours_lm = AWDLSTMLanguageModel(len(dls_lm.vocab), CFG)
     load_pretrained(ours_lm, state, vocab.itos, Vocab(list(dls_lm.vocab)))
     lm.model.load_state_dict(to_fastai_state_dict(ours_lm.state_dict()))
+    lm.freeze()  # as language_model_learner does after loading pretrained weights
     with lm.no_bar(), lm.no_logging():
         lm.fit_one_cycle(1, 2e-2)
         lm.unfreeze()
@@ -141,30 +193,130 @@ def stock_fastai(task, tr_x, tr_y, te_x, te_y, seed, lm_epochs):
     return dict(error=1 - float(clf.validate()[1]), seconds=round(time.time() - t, 1))
 
 
+def _variant(args) -> Variant:
+    """The full recipe with ``--set key=value`` overrides."""
+    fields = {f.name: f.type for f in dataclasses.fields(Variant)}
+    kw = {}
+    for kv in args.set or []:
+        k, val = kv.split("=", 1)
+        if k not in fields:
+            raise SystemExit(f"--set: unknown field {k!r}; fields: {sorted(fields)}")
+        kw[k] = val.lower() in ("1", "true", "yes") if fields[k] == "bool" else type(getattr(Variant(), k))(val)
+    return Variant(**kw)
+
+
+def _summary(rows):
+    table = {k: dict(mean=float(np.mean([v["error"] for v in vs])), std=float(np.std([v["error"] for v in vs])),
+                     n=len(vs), seconds=[v.get("seconds") for v in vs]) for k, vs in rows.items()}
+    for k, v in table.items():
+        print(f"{k:40s} {100 * v['mean']:5.1f} ± {100 * v['std']:.1f} % (n={v['n']})")
+    return table
+
+
+def _add(rows, r, seed):
+    for k, v in r.items():
+        rows.setdefault(k, []).append(v)
+        print(f"seed {seed} {k:40s} error {v['error']:.4f}", flush=True)
+
+
 def compare(args):
     tr_x, tr_y, te_x, te_y = _task(args.task)
     tr_toks, te_toks = tokens(tr_x, f"{args.task}_train"), tokens(te_x, f"{args.task}_test")
+    v = _variant(args)
     rows = {}
     for seed in args.seeds:
         r = {}
         if "tfidf" in args.methods:
             r["TF-IDF 1-2 grams + LR (C=10)"] = dict(error=tfidf(tr_x, tr_y, te_x, te_y, seed))
         if "ours" in args.methods:
-            r.update(ours(args.task, tr_toks, tr_y, te_toks, te_y, seed, args.lm_epochs, args.clf_epochs, args.lr,
-                          stage1_dirs=args.directions))
+            r.update(ours(args.task, tr_toks, tr_y, te_toks, te_y, seed, v, directions=args.directions))
         if "scratch" in args.methods:
-            r["same classifier from scratch"] = scratch(args.task, tr_toks, tr_y, te_toks, te_y, seed, args.clf_epochs, args.lr)
+            r["same classifier from scratch"] = scratch(args.task, tr_toks, tr_y, te_toks, te_y, seed, v)
         if "stock" in args.methods:
-            r["stock fastai recipe, same stage 1"] = stock_fastai(args.task, tr_x, tr_y, te_x, te_y, seed, args.lm_epochs)
-        for k, v in r.items():
-            rows.setdefault(k, []).append(v)
-            print(f"seed {seed} {k:38s} error {v['error']:.4f}", flush=True)
-    table = {k: dict(mean=float(np.mean([v["error"] for v in vs])), std=float(np.std([v["error"] for v in vs])),
-                     n=len(vs), seconds=[v.get("seconds") for v in vs]) for k, vs in rows.items()}
-    for k, v in table.items():
-        print(f"{k:38s} {100 * v['mean']:5.1f} ± {100 * v['std']:.1f} % (n={v['n']})")
-    record(f"compare_{args.task}", dict(task=args.task, seeds=args.seeds, lm_epochs=args.lm_epochs,
-                                        clf_epochs=args.clf_epochs, lr=args.lr, table=table, runs=rows))
+            r["stock fastai recipe, same stage 1"] = stock_fastai(args.task, tr_x, tr_y, te_x, te_y, seed, v.lm_epochs)
+        _add(rows, r, seed)
+    record(f"compare_{args.task}{args.tag}", dict(task=args.task, seeds=args.seeds, variant=dataclasses.asdict(v),
+                                                 table=_summary(rows), runs=rows))
+
+
+def tune(args):
+    """Our recipe on a 90/10 split of the training set (the test split is not read)."""
+    tr_x, tr_y, _, _ = _task(args.task)
+    toks = tokens(tr_x, f"{args.task}_train")
+    idx = np.random.default_rng(123).permutation(len(toks))
+    n = len(toks) // 10
+    ho, tr = idx[:n], idx[n:]
+    v = _variant(args)
+    rows = {}
+    for seed in args.seeds:
+        r = ours(args.task + "_tune", [toks[i] for i in tr], [tr_y[i] for i in tr], [toks[i] for i in ho],
+                 [tr_y[i] for i in ho], seed, v, directions=args.directions, tag="_tune")
+        _add(rows, r, seed)
+    record(f"tune_{args.task}{args.tag}", dict(task=args.task, seeds=args.seeds, variant=dataclasses.asdict(v),
+                                              table=_summary(rows), runs=rows))
+
+
+def ablate(args):
+    tr_x, tr_y, te_x, te_y = _task(args.task)
+    tr_toks, te_toks = tokens(tr_x, f"{args.task}_train"), tokens(te_x, f"{args.task}_test")
+    rows = {}
+    for seed in args.seeds:
+        for name in args.variants:
+            r = ours(args.task, tr_toks, tr_y, te_toks, te_y, seed, ABLATIONS[name], directions=args.directions,
+                     tag="_" + name.replace(" ", "_"))
+            _add(rows, {f"{name}: {k}": val for k, val in r.items()}, seed)
+    record(f"ablate_{args.task}{args.tag}", dict(task=args.task, seeds=args.seeds, table=_summary(rows), runs=rows,
+                                                variants={k: dataclasses.asdict(ABLATIONS[k]) for k in args.variants}))
+
+
+def sample(args):
+    """The paper's Figure 3: n labelled examples; ours fine-tunes the LM on all training texts
+    (no labels) and is compared with the same classifier from scratch. Every run gets at least
+    ``--min-steps`` optimizer steps (more epochs for small n); validation during training reads
+    100 test documents, the error is on the whole test split."""
+    tr_x, tr_y, te_x, te_y = _task(args.task)
+    tr_toks, te_toks = tokens(tr_x, f"{args.task}_train"), tokens(te_x, f"{args.task}_test")
+    base = _variant(args)
+    rows = {}
+    for n in args.sizes:
+        n = min(n, len(tr_toks))
+        for seed in args.seeds:
+            idx = np.random.default_rng(seed).permutation(len(tr_toks))[:n]
+            epochs = max(base.clf_epochs, -(-args.min_steps * 32 // n))
+            v = dataclasses.replace(base, clf_epochs=epochs)
+            sub_t, sub_y = [tr_toks[i] for i in idx], [tr_y[i] for i in idx]
+            r = ours(args.task, sub_t, sub_y, te_toks, te_y, seed, v, directions=["fwd"], lm_toks=tr_toks,
+                     tag=f"_n{n}")
+            r["from scratch"] = scratch(args.task, sub_t, sub_y, te_toks, te_y, seed, v, tag=f"_n{n}")
+            _add(rows, {f"n={n} {k}": val for k, val in r.items()}, seed)
+    table = _summary(rows)
+    record(f"sample_{args.task}{args.tag}", dict(task=args.task, sizes=args.sizes, seeds=args.seeds,
+                                                variant=dataclasses.asdict(base), table=table, runs=rows))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for method, label in (("ours fwd", "ULMFiT (ours), LM fine-tuned on all texts"), ("from scratch", "from scratch")):
+        xs = [min(n, len(tr_toks)) for n in args.sizes]
+        m = [100 * table[f"n={x} {method}"]["mean"] for x in xs]
+        sd = [100 * table[f"n={x} {method}"]["std"] for x in xs]
+        ax.errorbar(xs, m, yerr=sd, marker="o", capsize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training examples")
+    ax.set_ylabel("test error (%)")
+    ax.set_title(f"{args.task}: sample efficiency (mean ± std, {len(args.seeds)} seeds)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(REPO / "benchmarks" / "results" / f"sample_efficiency_{args.task}.png", dpi=110)
+
+
+def _common(p, directions=("fwd", "bwd")):
+    p.add_argument("--task", choices=["trec6", "mr"], default="trec6")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--directions", nargs="+", choices=["fwd", "bwd"], default=list(directions),
+                   help="directions of our model (both: the ensemble too); each needs its stage 1")
+    p.add_argument("--set", nargs="*", metavar="FIELD=VALUE", help="override fields of the recipe (class Variant)")
+    p.add_argument("--tag", default="", help="suffix of the recorded results file")
 
 
 def main():
@@ -181,15 +333,21 @@ def main():
     p.add_argument("--bf16", action="store_true")
     p.set_defaults(func=stage1)
     p = sub.add_parser("compare")
-    p.add_argument("--task", choices=["trec6", "mr"], required=True)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", default="tfidf,ours,scratch,stock")
-    p.add_argument("--lm-epochs", type=int, default=2)
-    p.add_argument("--clf-epochs", type=int, default=6)
-    p.add_argument("--lr", type=float, default=2e-2)
-    p.add_argument("--directions", nargs="+", choices=["fwd", "bwd"], default=["fwd", "bwd"],
-                   help="directions of our model (both: the ensemble too); each needs its stage 1")
     p.set_defaults(func=compare)
+    _common(p)
+    p = sub.add_parser("tune")
+    p.set_defaults(func=tune)
+    _common(p)
+    p = sub.add_parser("ablate")
+    p.add_argument("--variants", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS), metavar="VARIANT")
+    p.set_defaults(func=ablate)
+    _common(p)
+    p = sub.add_parser("sample")
+    p.add_argument("--sizes", type=int, nargs="+", default=[100, 200, 500, 1000, 5452])
+    p.add_argument("--min-steps", type=int, default=300)
+    p.set_defaults(func=sample)
+    _common(p, directions=["fwd"])
     args = ap.parse_args()
     args.func(args)
 

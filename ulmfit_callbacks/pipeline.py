@@ -43,7 +43,8 @@ class Recipe:
     gradual_unfreezing: bool = True  # classifier only
     unfreeze_schedule: Sequence[int] | None = None
     asgd: bool = False
-    nonmono: int = 5
+    nonmono: int = 5              # NT-ASGD trigger (used when asgd_start_epoch is None)
+    asgd_start_epoch: int | None = None  # average from this epoch (0-based) on instead
     wd: float = 0.01
     drop_mult: float = 1.0        # multiplies every dropout of the stage's model (fastai's drop_mult)
 
@@ -56,7 +57,7 @@ class Recipe:
         if classifier and self.gradual_unfreezing:
             cbs.append(GradualUnfreezing(self.unfreeze_schedule))
         if self.asgd:
-            cbs.append(ASGDWeightAveraging(nonmono=self.nonmono))
+            cbs.append(ASGDWeightAveraging(start_epoch=self.asgd_start_epoch, nonmono=self.nonmono))
         return cbs
 
 

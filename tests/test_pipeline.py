@@ -1,0 +1,55 @@
+"""The three stages as functions: dropout multipliers per stage, the stage-1 vocabulary kept, artifacts."""
+import dataclasses
+import json
+
+import pytest
+
+from ulmfit_callbacks import ASGDWeightAveraging, AWDLSTMConfig
+from ulmfit_callbacks.pipeline import Recipe, finetune_lm, load_artifact, pretrain_lm, train_classifier
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory, trec_tokens):
+    out = tmp_path_factory.mktemp("stage1")
+    general = [t + ["zyzzyva", "zyzzyva"] for t in trec_tokens[0][300:]]  # a token the task text never has
+    pretrain_lm(None, None, out, AWDLSTMConfig(emb_sz=8, n_hid=16, n_layers=2), Recipe(epochs=1, drop_mult=0.5),
+                bs=4, bptt=8, tokens=(general, trec_tokens[1]), seed=0)
+    return out
+
+
+def test_stage_dropouts_follow_each_recipe(stage1):
+    meta, _, _ = load_artifact(stage1)
+    assert meta["config"]["weight_p"] == pytest.approx(0.2 * 0.5)  # stage 1 trained with drop_mult 0.5
+
+
+def test_finetuning_keeps_the_stage1_vocabulary_and_uses_its_own_dropouts(stage1, trec_tokens, tmp_path):
+    task = (trec_tokens[0][:300], trec_tokens[1])
+    _, s1_vocab, _ = load_artifact(stage1)
+    assert "zyzzyva" in s1_vocab.stoi
+    learn, _ = finetune_lm(None, None, tmp_path / "lm", Recipe(epochs=1, drop_mult=0.3), pretrained=stage1, bs=4,
+                           bptt=8, tokens=task, seed=0, keep_pretrained_vocab=True)
+    vocab = learn.dls.vocab
+    assert "zyzzyva" in vocab.stoi and vocab.stoi["zyzzyva"] >= len(vocab) - len(s1_vocab)
+    cfg = learn.model.config
+    assert (cfg.emb_sz, cfg.n_hid, cfg.n_layers) == (8, 16, 2)
+    assert cfg.weight_p == pytest.approx(0.2 * 0.3) and cfg.input_p == pytest.approx(0.25 * 0.3)
+    plain, _ = finetune_lm(None, None, tmp_path / "lm2", Recipe(epochs=1), pretrained=stage1, bs=4, bptt=8,
+                           tokens=task, seed=0)
+    assert "zyzzyva" not in plain.dls.vocab.stoi and len(plain.dls.vocab) < len(vocab)
+    # the classifier reads the extended vocabulary; its own drop_mult scales the classifier dropouts
+    labels = ["a", "b"] * 150
+    clf, m = train_classifier(None, labels, None, ["a", "b"] * 50, tmp_path / "clf",
+                              Recipe(epochs=2, drop_mult=0.5, asgd=True, asgd_start_epoch=1, unfreeze_schedule=[1, 3]),
+                              lm=tmp_path / "lm", tokens=(task[0], trec_tokens[0][300:400]), seed=0)
+    assert clf.dls.vocab == vocab
+    assert clf.model.encoder.module.config.weight_p == pytest.approx(0.5 * 0.5)
+    assert json.loads((tmp_path / "clf" / "config.json").read_text())["kind"] == "classifier"
+    assert 0 <= m["accuracy"] <= 1
+
+
+def test_recipe_builds_the_asked_callbacks():
+    cbs = Recipe(asgd=True, asgd_start_epoch=3).callbacks(classifier=True)
+    avg = next(c for c in cbs if isinstance(c, ASGDWeightAveraging))
+    assert avg.start_epoch == 3
+    names = [type(c).__name__ for c in dataclasses.replace(Recipe(), stlr=False, discriminative=False).callbacks(True)]
+    assert names == ["GradualUnfreezing"]
