@@ -30,6 +30,7 @@ from ulmfit_callbacks.ensemble import predict_tokens  # noqa: E402
 from ulmfit_callbacks.pipeline import Recipe, finetune_lm, load_artifact, pretrain_lm, train_classifier  # noqa: E402
 
 CFG = AWDLSTMConfig(emb_sz=200, n_hid=400, n_layers=3)  # the CPU config of the issue's stock numbers
+MONITOR = 100  # evaluation documents shown during training (nothing is selected on them); errors use all
 
 
 def stage1(args):
@@ -130,8 +131,8 @@ def ours(task, tr_toks, tr_y, te_toks, te_y, seed, v: Variant, directions=("fwd"
         recipe = Recipe(epochs=e, lr=v.clf_lr, stlr=v.stlr, discriminative=v.discriminative,
                         gradual_unfreezing=v.gradual_unfreezing, unfreeze_schedule=[1, 2, 3] if e > 4 else None,
                         asgd=v.averaging, asgd_start_epoch=max(e - 2, 0), drop_mult=v.clf_drop_mult)
-        learn, _ = train_classifier(None, tr_y, None, te_y, CACHE / f"clf_{task}_{d}{tag}_{seed}", recipe, lm=lm_dir,
-                                    backwards=d == "bwd", tokens=(tr_toks, te_toks), seed=seed)
+        learn, _ = train_classifier(None, tr_y, None, te_y[:MONITOR], CACHE / f"clf_{task}_{d}{tag}_{seed}", recipe,
+                                    lm=lm_dir, backwards=d == "bwd", tokens=(tr_toks, te_toks[:MONITOR]), seed=seed)
         probs[d], err = _error(learn, te_toks, te_y)
         res[f"ours {d}"] = dict(error=err, seconds=round(time.time() - t, 1))
     if len(probs) == 2:
@@ -147,8 +148,8 @@ def scratch(task, tr_toks, tr_y, te_toks, te_y, seed, v: Variant, tag=""):
     t = time.time()
     recipe = Recipe(epochs=v.clf_epochs, lr=v.clf_lr, gradual_unfreezing=False, discriminative=False,
                     drop_mult=v.clf_drop_mult)
-    learn, _ = train_classifier(None, tr_y, None, te_y, CACHE / f"scratch_{task}{tag}_{seed}", recipe, config=CFG,
-                                vocab=vocab, tokens=(tr_toks, te_toks), seed=seed)
+    learn, _ = train_classifier(None, tr_y, None, te_y[:MONITOR], CACHE / f"scratch_{task}{tag}_{seed}", recipe,
+                                config=CFG, vocab=vocab, tokens=(tr_toks, te_toks[:MONITOR]), seed=seed)
     return dict(error=_error(learn, te_toks, te_y)[1], seconds=round(time.time() - t, 1))
 
 
@@ -272,8 +273,7 @@ def ablate(args):
 def sample(args):
     """The paper's Figure 3: n labelled examples; ours fine-tunes the LM on all training texts
     (no labels) and is compared with the same classifier from scratch. Every run gets at least
-    ``--min-steps`` optimizer steps (more epochs for small n); validation during training reads
-    100 test documents, the error is on the whole test split."""
+    ``--min-steps`` optimizer steps (more epochs for small n)."""
     tr_x, tr_y, te_x, te_y = _task(args.task)
     tr_toks, te_toks = tokens(tr_x, f"{args.task}_train"), tokens(te_x, f"{args.task}_test")
     base = _variant(args)
@@ -308,6 +308,24 @@ def sample(args):
     ax.legend()
     fig.tight_layout()
     fig.savefig(REPO / "benchmarks" / "results" / f"sample_efficiency_{args.task}.png", dpi=110)
+
+
+def merge(args):
+    """One table from the tagged result files of runs made in parallel (``--tag _a``, ``--tag _b``...)."""
+    import json
+    parts = sorted((REPO / "benchmarks" / "results").glob(f"{args.kind}_{args.task}_*.json"))
+    if not parts:
+        raise SystemExit(f"no results/{args.kind}_{args.task}_*.json files")
+    rows, commands, seeds = {}, [], []
+    for f in parts:
+        d = json.loads(f.read_text())
+        commands.append(d["command"])
+        seeds += d["result"]["seeds"]
+        for k, vs in d["result"]["runs"].items():
+            rows.setdefault(k, []).extend(vs)
+    print("\n".join(commands))
+    record(f"{args.kind}_{args.task}", dict(task=args.task, seeds=sorted(set(seeds)), parts=commands,
+                                           table=_summary(rows), runs=rows))
 
 
 def _common(p, directions=("fwd", "bwd")):
@@ -348,6 +366,10 @@ def main():
     p.add_argument("--min-steps", type=int, default=300)
     p.set_defaults(func=sample)
     _common(p, directions=["fwd"])
+    p = sub.add_parser("merge")
+    p.add_argument("--kind", choices=["compare", "ablate", "sample", "tune"], required=True)
+    p.add_argument("--task", choices=["trec6", "mr"], default="trec6")
+    p.set_defaults(func=merge)
     args = ap.parse_args()
     args.func(args)
 

@@ -66,6 +66,7 @@ def test_evaluate_reports_accuracy(demo_run, tmp_path):
     (["finetune-lm", "/nonexistent.csv", "--out", "/tmp/x"], "no such file"),
     (["train-classifier", "bbc", "--lm", "/nonexistent", "--out", "/tmp/x", "--epochs", "1"], "not a saved model"),
     (["pretrain", "README.md", "--out", "/tmp/x", "--lr", "-1"], "--lr must be > 0"),
+    (["pretrain", "README.md", "--out", "/tmp/x", "--drop-mult", "-0.5"], "--drop-mult must be >= 0"),
 ])
 def test_clear_errors(args, msg):
     r = run(*args)
@@ -91,3 +92,23 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2, "the README opens with exactly two commands"
     assert "ulmfit demo" in commands[0] and "pytest" in commands[1]
     assert commands[1] in (REPO / ".ci" / "run").read_text()
+
+
+def test_qrnn_bf16_stages_and_the_kept_vocabulary(tmp_path, data_dir):
+    general, task = tmp_path / "general.csv", tmp_path / "task.csv"
+    import pandas as pd
+    pd.read_csv(data_dir / "general" / "train.csv").head(60).to_csv(general, index=False)
+    pd.read_csv(data_dir / "trec6" / "train.csv").head(200).to_csv(task, index=False)
+    small = ["--emb-sz", "8", "--n-hid", "16", "--n-layers", "2", "--bs", "8", "--bptt", "20"]
+    r = run("pretrain", str(general), "--out", str(tmp_path / "s1"), "--arch", "qrnn", "--bf16", "--drop-mult", "0.5",
+            *small)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = json.loads((tmp_path / "s1" / "config.json").read_text())["config"]
+    assert cfg["arch"] == "qrnn" and cfg["weight_p"] == 0.1
+    r = run("finetune-lm", str(task), "--pretrained", str(tmp_path / "s1"), "--out", str(tmp_path / "lm"),
+            "--keep-pretrained-vocab", "--bs", "8", "--bptt", "20")
+    assert r.returncode == 0, r.stderr[-2000:]
+    s1 = json.loads((tmp_path / "s1" / "vocab.json").read_text())["itos"]
+    lm = json.loads((tmp_path / "lm" / "vocab.json").read_text())["itos"]
+    assert set(s1) <= set(lm)
+    assert json.loads((tmp_path / "lm" / "config.json").read_text())["config"]["arch"] == "qrnn"

@@ -50,7 +50,7 @@ def _read_corpus(path: str, text_col: str):
 
 def _model_config(a):
     from .models.awd_lstm import AWDLSTMConfig
-    return AWDLSTMConfig(emb_sz=a.emb_sz, n_hid=a.n_hid, n_layers=a.n_layers)
+    return AWDLSTMConfig(emb_sz=a.emb_sz, n_hid=a.n_hid, n_layers=a.n_layers, arch=a.arch)
 
 
 def _recipe(a, classifier=False):
@@ -59,9 +59,16 @@ def _recipe(a, classifier=False):
         raise UsageError(f"--lr must be > 0, got {a.lr}")
     if a.epochs < 1:
         raise UsageError(f"--epochs must be >= 1, got {a.epochs}")
+    if a.drop_mult < 0:
+        raise UsageError(f"--drop-mult must be >= 0, got {a.drop_mult}")
     return Recipe(epochs=a.epochs, lr=a.lr, stlr=not a.no_stlr, discriminative=not a.no_discriminative,
                   gradual_unfreezing=classifier and not getattr(a, "no_gradual_unfreezing", True),
-                  asgd=a.asgd, cut_frac=a.cut_frac, ratio=a.ratio)
+                  asgd=a.asgd, cut_frac=a.cut_frac, ratio=a.ratio, drop_mult=a.drop_mult)
+
+
+def _extra_cbs(a):
+    from .precision import BF16Autocast
+    return [BF16Autocast()] if a.bf16 else []
 
 
 # --------------------------------------------------------------------------------------- commands
@@ -69,9 +76,9 @@ def cmd_pretrain(a):
     from .pipeline import Recipe, pretrain_lm
     r = _recipe(a)  # arguments first, data second
     train, valid = _read_corpus(a.corpus, a.text_col)
-    recipe = Recipe(epochs=r.epochs, lr=r.lr, stlr=r.stlr, discriminative=False, asgd=r.asgd)
+    recipe = Recipe(epochs=r.epochs, lr=r.lr, stlr=r.stlr, discriminative=False, asgd=r.asgd, drop_mult=r.drop_mult)
     _, m = pretrain_lm(train, valid, a.out, _model_config(a), recipe, backwards=a.backwards, bs=a.bs, bptt=a.bptt,
-                       max_vocab=a.max_vocab)
+                       max_vocab=a.max_vocab, cbs=_extra_cbs(a))
     print(f"stage 1 done: validation perplexity {m['perplexity']:.1f} -> {a.out}")
 
 
@@ -81,7 +88,7 @@ def cmd_finetune_lm(a):
     texts, _ = _read_labelled(a.data, a.text_col, None)
     _, m = finetune_lm(texts, None, a.out, recipe, pretrained=a.pretrained,
                        config=None if a.pretrained else _model_config(a), backwards=a.backwards, bs=a.bs, bptt=a.bptt,
-                       max_vocab=a.max_vocab)
+                       max_vocab=a.max_vocab, cbs=_extra_cbs(a), keep_pretrained_vocab=a.keep_pretrained_vocab)
     print(f"stage 2 done: validation perplexity {m['perplexity']:.1f} -> {a.out}")
 
 
@@ -97,7 +104,7 @@ def cmd_train_classifier(a):
         vt, vl = [texts[i] for i in va], [labels[i] for i in va]
         texts, labels = [texts[i] for i in tr], [labels[i] for i in tr]
     _, m = train_classifier(texts, labels, vt, vl, a.out, recipe, lm=a.lm, backwards=a.backwards,
-                            bs=a.bs, max_tokens=a.max_tokens, multi_label=a.multi_label, seed=a.seed)
+                            bs=a.bs, max_tokens=a.max_tokens, multi_label=a.multi_label, seed=a.seed, cbs=_extra_cbs(a))
     print(f"stage 3 done: validation accuracy {m['accuracy']:.4f} -> {a.out}")
 
 
@@ -310,12 +317,15 @@ def _add_training(p, lr, epochs, classifier=False):
         p.add_argument("--no-gradual-unfreezing", action="store_true", help="train all layers from the start")
     p.add_argument("--asgd", action="store_true", help="NT-ASGD weight averaging")
     p.add_argument("--bs", type=_positive_int, default=32, help="batch size (32)")
+    p.add_argument("--drop-mult", type=float, default=1.0, help="multiplies every dropout (fastai's drop_mult)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CPUs with AVX-512/AMX, recent GPUs)")
 
 
 def _add_model(p):
     p.add_argument("--emb-sz", type=_positive_int, default=400, help="embedding size (paper: 400)")
     p.add_argument("--n-hid", type=_positive_int, default=1152, help="LSTM hidden size (paper: 1152)")
     p.add_argument("--n-layers", type=_positive_int, default=3, help="LSTM layers (paper: 3)")
+    p.add_argument("--arch", choices=["lstm", "qrnn"], default="lstm", help="recurrent layers: AWD-LSTM or QRNN")
 
 
 def _add_lm(p):
@@ -354,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune-lm", help="stage 2: fine-tune the LM on the target task's texts")
     p.add_argument("data", help="CSV, folder-per-class tree, or 'bbc'")
     p.add_argument("--pretrained", help="stage-1 model folder (omit to start from random weights)")
+    p.add_argument("--keep-pretrained-vocab", action="store_true",
+                   help="also keep the stage-1 tokens the task text lacks (they keep their pretrained embeddings)")
     _add_lm(p)
     p.set_defaults(func=cmd_finetune_lm)
 
