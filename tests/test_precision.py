@@ -11,7 +11,11 @@ class DtypeProbe(Callback):
     order = 100
 
     def after_pred(self):
-        self.pred_dtype = self.pred.dtype
+        # the fused LM loss gets the decoder's input (bf16 under autocast) instead of logits
+        if self.training:
+            self.pred_dtype = self.pred.dtype if isinstance(self.pred, torch.Tensor) else ("fused", self.pred.hidden.dtype)
+        else:
+            self.valid_pred_dtype = self.pred.dtype
         self.autocast_in_pred = torch.is_autocast_enabled("cpu")
 
     def after_loss(self):
@@ -34,7 +38,8 @@ def test_lm_under_bf16_with_every_callback(lm_dls, tiny_config):
     losses = [v[0] for v in learn.recorder.values]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert learn.recorder.values[-1][1] < learn.recorder.values[0][1] + 0.5
-    assert probe.pred_dtype == torch.float32 and probe.loss_dtype == torch.float32
+    assert probe.pred_dtype == ("fused", torch.bfloat16) and probe.loss_dtype == torch.float32
+    assert probe.valid_pred_dtype == torch.float32  # validation: logits, cast back to fp32
     assert not probe.autocast_in_pred  # autocast closed right after the forward
     assert seen["out"] == torch.float32  # AR/TAR computed on fp32 activations
     assert all(v.dtype == torch.float32 for v in asgd.avg.values())

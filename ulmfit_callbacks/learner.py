@@ -13,6 +13,7 @@ from fastai.metrics import Perplexity, accuracy, accuracy_multi
 from fastai.optimizer import Adam
 
 from .data import ULMFiTDataLoaders
+from .losses import LMLoss
 from .models.awd_lstm import AWDLSTM, CLASSIFIER_DROPOUTS, AWDLSTMConfig, AWDLSTMLanguageModel
 from .models.classifier import BPT3CEncoder, PoolingClassifierHead, ULMFiTClassifier
 from .pretrained import find_pretrained_files, load_pretrained, wt103_files
@@ -52,13 +53,18 @@ def _check_dls(dls, kind):
 
 def ulmfit_lm_learner(dls: ULMFiTDataLoaders, config: AWDLSTMConfig | dict | None = None, pretrained=None,
                       drop_mult: float = 1.0, alpha: float = 2.0, beta: float = 1.0, opt_func=None,
-                      wd: float = 0.01, **kwargs) -> Learner:
+                      wd: float = 0.01, fused_loss: bool = True, **kwargs) -> Learner:
     """A fastai ``Learner`` around our AWD-LSTM LM. Never downloads unless ``pretrained="wt103"``.
 
     ``pretrained``: ``None`` (random init), a folder in fastai's archive layout (one ``.pth`` +
     one ``itos`` file), a ``(weights, itos)`` pair, or ``"wt103"`` (fastai's WikiText-103
     weights, downloaded through fastai: needs network). The report of matched tokens is
     printed and kept as ``learn.pretrained_report``.
+
+    ``fused_loss``: in training, decoder and cross-entropy are computed together in chunks
+    (:func:`~ulmfit_callbacks.losses.linear_cross_entropy`), never storing the logits; the loss
+    and gradients are the same. Validation and prediction return logits as usual. Turn it off
+    for callbacks that read the training logits (e.g. training metrics).
     """
     _check_dls(dls, "lm")
     config = AWDLSTMConfig.from_dict(config) if isinstance(config, dict) else (config or AWDLSTMConfig())
@@ -74,7 +80,8 @@ def ulmfit_lm_learner(dls: ULMFiTDataLoaders, config: AWDLSTMConfig | dict | Non
         report = load_pretrained(model, files[0], files[1], dls.vocab)
         print(report)
     cbs = [ModelResetter(), ActivationRegularizer(alpha, beta), DataCheck("lm", dls.backwards, len(dls.vocab))]
-    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), opt_func=opt_func or partial(Adam, mom=0.8, sqr_mom=0.99),
+    model.decoder.fused = fused_loss
+    learn = Learner(dls, model, loss_func=LMLoss(), opt_func=opt_func or partial(Adam, mom=0.8, sqr_mom=0.99),
                     splitter=lm_splitter, metrics=[accuracy, Perplexity()], wd=wd,
                     cbs=cbs + list(kwargs.pop("cbs", [])), **kwargs)
     learn.pretrained_report = report

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..losses import DecoderInput
 from .qrnn import QRNNLayer
 
 __all__ = ["AWDLSTMConfig", "CLASSIFIER_DROPOUTS", "LockedDropout", "WeightDropLSTM", "AWDLSTM",
@@ -198,10 +199,17 @@ class AWDLSTM(nn.Module):
 
 
 class LinearDecoder(nn.Module):
-    """Output layer of the LM; returns ``(logits, raw_output, dropped_output)`` as fastai's does."""
+    """Output layer of the LM; returns ``(logits, raw_output, dropped_output)`` as fastai's does.
+
+    With ``fused = True`` (set by ``ulmfit_lm_learner``) it returns, in training mode only, a
+    :class:`~ulmfit_callbacks.losses.DecoderInput` instead of the logits, and
+    :class:`~ulmfit_callbacks.losses.LMLoss` computes decoder and cross-entropy together
+    without storing the logits (same loss and gradients, less time and memory).
+    """
 
     def __init__(self, vocab_sz: int, emb_sz: int, output_p: float, bias: bool = True):
         super().__init__()
+        self.fused = False
         self.output_dp = LockedDropout(output_p)
         self.decoder = nn.Linear(emb_sz, vocab_sz, bias=bias)
         nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
@@ -210,6 +218,8 @@ class LinearDecoder(nn.Module):
 
     def forward(self, raw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         dropped = self.output_dp(raw)
+        if self.fused and self.training:
+            return DecoderInput(dropped, self.decoder.weight, self.decoder.bias), raw, dropped
         return self.decoder(dropped), raw, dropped
 
 
