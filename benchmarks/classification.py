@@ -79,8 +79,8 @@ def _error(learn, toks, labels):
 class Variant:
     """One configuration of our ULMFiT recipe (the full recipe by default; ablations switch parts off)."""
     lm_ft: bool = True            # stage 2: fine-tune the LM on the task's training text
-    lm_epochs: int = 2
-    lm_lr: float = 4e-3           # the paper's LM fine-tuning lr
+    lm_epochs: int = 3
+    lm_lr: float = 1e-2
     lm_drop_mult: float = 1.0
     keep_vocab: bool = True       # keep stage-1 tokens absent from the task text
     discriminative: bool = True
@@ -90,6 +90,7 @@ class Variant:
     clf_epochs: int = 6
     clf_lr: float = 1e-2          # the paper's classifier lr
     clf_drop_mult: float = 0.5    # fastai's text_classifier_learner default
+    clf_bf16: bool = False        # classifier trained under BF16Autocast (issue 9's quality guard)
 
     def lm_key(self, task, d):
         return (f"lm_{task}_{d}_e{self.lm_epochs}_lr{self.lm_lr:g}_dm{self.lm_drop_mult:g}_v{int(self.keep_vocab)}"
@@ -116,7 +117,8 @@ def _lm(task, d, v: Variant, tr_toks, seed=0):
         finetune_lm(None, None, lm_dir, Recipe(epochs=v.lm_epochs, lr=v.lm_lr, drop_mult=v.lm_drop_mult,
                                                 discriminative=v.discriminative, stlr=v.stlr),
                     pretrained=CACHE / f"stage1_{d}", backwards=d == "bwd", bptt=70, max_vocab=30000,
-                    tokens=(tr_toks[:-n], tr_toks[-n:]), seed=seed, bs=32, keep_pretrained_vocab=v.keep_vocab)
+                    tokens=(tr_toks[:-n], tr_toks[-n:]), seed=seed, bs=32, keep_pretrained_vocab=v.keep_vocab,
+                    cbs=[BF16Autocast()])
     return lm_dir
 
 
@@ -132,7 +134,8 @@ def ours(task, tr_toks, tr_y, te_toks, te_y, seed, v: Variant, directions=("fwd"
                         gradual_unfreezing=v.gradual_unfreezing, unfreeze_schedule=[1, 2, 3] if e > 4 else None,
                         asgd=v.averaging, asgd_start_epoch=max(e - 2, 0), drop_mult=v.clf_drop_mult)
         learn, _ = train_classifier(None, tr_y, None, te_y[:MONITOR], CACHE / f"clf_{task}_{d}{tag}_{seed}", recipe,
-                                    lm=lm_dir, backwards=d == "bwd", tokens=(tr_toks, te_toks[:MONITOR]), seed=seed)
+                                    lm=lm_dir, backwards=d == "bwd", tokens=(tr_toks, te_toks[:MONITOR]), seed=seed,
+                                    cbs=[BF16Autocast()] if v.clf_bf16 else ())
         probs[d], err = _error(learn, te_toks, te_y)
         res[f"ours {d}"] = dict(error=err, seconds=round(time.time() - t, 1))
     if len(probs) == 2:

@@ -48,7 +48,8 @@ def fastai_twin(ours, texts, labels, bs):
     """fastai's text classifier over ``texts`` (its validation set) holding our weights."""
     from fastai.text.all import AWD_LSTM, TextDataLoaders, awd_lstm_clas_config, text_classifier_learner
     classes = list(ours.dls.classes)
-    labels = [l if l in classes else classes[0] for l in labels]
+    if any(l not in classes for l in labels):  # unlabelled documents: any labels covering every class
+        labels = [classes[i % len(classes)] for i in range(len(texts))]
     df = pd.DataFrame({"text": list(texts) * 2, "label": list(labels) * 2,
                        "is_valid": [False] * len(texts) + [True] * len(texts)})
     dls = TextDataLoaders.from_df(df, text_col="text", label_col="label", valid_col="is_valid",

@@ -6,7 +6,7 @@ subprocess, peak resident set size (ru_maxrss) reported.
 
     python benchmarks/lm_throughput.py                 # paper config and 200/400/3, fp32
     python benchmarks/lm_throughput.py --steps 30 --bf16
-    python benchmarks/lm_throughput.py --bf16 --qrnn --bs 64     # also the QRNN encoder option
+    python benchmarks/lm_throughput.py --bf16 --fused --qrnn --tag fused   # fused loss, QRNN option
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ warnings.filterwarnings("ignore")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from ulmfit_callbacks.losses import DecoderInput, LMLoss  # noqa: E402
+
 CONFIGS = {"paper 400/1152/3": (400, 1152, 3), "cpu 200/400/3": (200, 400, 3)}
 
 
@@ -39,8 +41,9 @@ def build(which: str, vocab: int, emb: int, hid: int, layers: int):
 
 def train_step(model, opt, x, y, bf16: bool):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = model(x)[0]
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+        out = model(x)[0]
+    loss = LMLoss()(out, y) if isinstance(out, DecoderInput) else \
+        F.cross_entropy(out.float().reshape(-1, out.size(-1)), y.reshape(-1))
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -56,6 +59,9 @@ def timing(cfg, args):
     emb, hid, layers = cfg
     names = ("fastai", "ours") + (("ours-qrnn",) if args.qrnn else ())
     models = {w: build(w, args.vocab, emb, hid, layers) for w in names}
+    for w, m in models.items():
+        if w != "fastai":
+            m.decoder.fused = args.fused  # ulmfit_lm_learner's default: decoder + loss fused in training
     opts = {w: torch.optim.Adam(m.parameters(), 1e-3) for w, m in models.items()}
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, args.vocab, (args.bs, args.bptt + 1), generator=g) for _ in range(args.steps + args.warmup)]
@@ -87,7 +93,8 @@ def timing(cfg, args):
 
 def peak_rss_child(which, cfg, args, bf16=False) -> float:
     cmd = [sys.executable, __file__, "--_child", which, "--_cfg", ",".join(map(str, cfg)), "--vocab", str(args.vocab),
-           "--bs", str(args.bs), "--bptt", str(args.bptt), "--steps", str(args.mem_steps)] + (["--bf16"] if bf16 else [])
+           "--bs", str(args.bs), "--bptt", str(args.bptt), "--steps", str(args.mem_steps)] + (["--bf16"] if bf16 else []) \
+        + (["--fused"] if args.fused else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -95,6 +102,8 @@ def peak_rss_child(which, cfg, args, bf16=False) -> float:
 def child(args):
     emb, hid, layers = map(int, args._cfg.split(","))
     model = build(args._child, args.vocab, emb, hid, layers).train()
+    if args._child != "fastai":
+        model.decoder.fused = args.fused
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(args.steps):
@@ -114,6 +123,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--mem-steps", type=int, default=10)
     ap.add_argument("--bf16", action="store_true", help="also time ours under bf16 autocast")
+    ap.add_argument("--fused", action="store_true", help="ours with the fused decoder + cross-entropy (the learner's default)")
     ap.add_argument("--qrnn", action="store_true", help="also time our encoder with QRNN layers (same sizes)")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--memory-only", action="store_true", help="skip the timing, measure peak memory only")
