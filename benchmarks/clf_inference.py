@@ -62,10 +62,15 @@ def fastai_twin(ours, texts, labels, bs):
     sd = ours.model.state_dict()
     enc = {"encoder." + k[len("encoder.module."):]: v for k, v in sd.items() if k.startswith("encoder.module.")}
     state = {f"0.module.{k[2:]}": v for k, v in to_fastai_state_dict(enc).items() if k.startswith("0.")}
-    for k, v in sd.items():
-        if k.startswith("head."):
-            i, rest = k.split(".", 2)[1:]
-            state[f"1.layers.{HEAD[i]}.{rest}"] = v
+    head = {k[len("head."):]: v.clone() for k, v in sd.items() if k.startswith("head.")}
+    for bn, lin in (("0", "2"), ("4", "6")):
+        # fastai's head linears have no bias (LinBnDrop with bn=True); ours do. The bias b is moved
+        # into the preceding BatchNorm's shift: W (x + d) = W x + b for d = pinv(W) b (W has full row rank)
+        w, b = head[f"{lin}.weight"].double(), head.pop(f"{lin}.bias").double()
+        head[f"{bn}.bias"] += (torch.linalg.pinv(w) @ b).float()
+    for k, v in head.items():
+        i, rest = k.split(".", 1)
+        state[f"1.layers.{HEAD[i]}.{rest}"] = v
     learn.model.load_state_dict(state)
     return learn
 
