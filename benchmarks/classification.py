@@ -104,6 +104,7 @@ ABLATIONS = {
     "one-cycle instead of STLR": Variant(stlr=False),
     "without gradual unfreezing": Variant(gradual_unfreezing=False),
     "without averaging": Variant(averaging=False),
+    "task vocabulary only": Variant(keep_vocab=False),
 }
 
 
@@ -122,7 +123,8 @@ def _lm(task, d, v: Variant, tr_toks, seed=0):
     return lm_dir
 
 
-def ours(task, tr_toks, tr_y, te_toks, te_y, seed, v: Variant, directions=("fwd", "bwd"), lm_toks=None, tag=""):
+def ours(task, tr_toks, tr_y, te_toks, te_y, seed, v: Variant, directions=("fwd", "bwd"), lm_toks=None, tag="",
+         classes=None):
     """Our ULMFiT: per direction, LM fine-tuning then the classifier; the ensemble when both.
     ``lm_toks``: the texts for LM fine-tuning (default: the classifier's training texts)."""
     res, probs = {}, {}
@@ -135,7 +137,7 @@ def ours(task, tr_toks, tr_y, te_toks, te_y, seed, v: Variant, directions=("fwd"
                         asgd=v.averaging, asgd_start_epoch=max(e - 2, 0), drop_mult=v.clf_drop_mult)
         learn, _ = train_classifier(None, tr_y, None, te_y[:MONITOR], CACHE / f"clf_{task}_{d}{tag}_{seed}", recipe,
                                     lm=lm_dir, backwards=d == "bwd", tokens=(tr_toks, te_toks[:MONITOR]), seed=seed,
-                                    cbs=[BF16Autocast()] if v.clf_bf16 else ())
+                                    cbs=[BF16Autocast()] if v.clf_bf16 else (), classes=classes)
         probs[d], err = _error(learn, te_toks, te_y)
         res[f"ours {d}"] = dict(error=err, seconds=round(time.time() - t, 1))
     if len(probs) == 2:
@@ -144,7 +146,7 @@ def ours(task, tr_toks, tr_y, te_toks, te_y, seed, v: Variant, directions=("fwd"
     return res
 
 
-def scratch(task, tr_toks, tr_y, te_toks, te_y, seed, v: Variant, tag=""):
+def scratch(task, tr_toks, tr_y, te_toks, te_y, seed, v: Variant, tag="", classes=None):
     """The same classifier, no stage 1 or 2: all layers trained from the start with STLR, the same
     epochs, lr and dropout (vocabulary from the task's training text)."""
     vocab = Vocab.build(tr_toks, max_vocab=30000, min_freq=2)
@@ -152,7 +154,8 @@ def scratch(task, tr_toks, tr_y, te_toks, te_y, seed, v: Variant, tag=""):
     recipe = Recipe(epochs=v.clf_epochs, lr=v.clf_lr, gradual_unfreezing=False, discriminative=False,
                     drop_mult=v.clf_drop_mult)
     learn, _ = train_classifier(None, tr_y, None, te_y[:MONITOR], CACHE / f"scratch_{task}{tag}_{seed}", recipe,
-                                config=CFG, vocab=vocab, tokens=(tr_toks, te_toks[:MONITOR]), seed=seed)
+                                config=CFG, vocab=vocab, tokens=(tr_toks, te_toks[:MONITOR]), seed=seed,
+                                classes=classes)
     return dict(error=_error(learn, te_toks, te_y)[1], seconds=round(time.time() - t, 1))
 
 
@@ -172,7 +175,7 @@ def stock_fastai(task, tr_x, tr_y, te_x, te_y, seed, lm_epochs):
                                 metrics=accuracy)
     meta, vocab, state = load_artifact(CACHE / "stage1_fwd")
     ours_lm = AWDLSTMLanguageModel(len(dls_lm.vocab), CFG)
-    load_pretrained(ours_lm, state, vocab.itos, Vocab(list(dls_lm.vocab)))
+    load_pretrained(ours_lm, state, vocab.itos, list(dls_lm.vocab))  # fastai pads its vocab with repeated 'xxfake'
     lm.model.load_state_dict(to_fastai_state_dict(ours_lm.state_dict()))
     lm.freeze()  # as language_model_learner does after loading pretrained weights
     with lm.no_bar(), lm.no_logging():
@@ -288,9 +291,11 @@ def sample(args):
             epochs = max(base.clf_epochs, -(-args.min_steps * 32 // n))
             v = dataclasses.replace(base, clf_epochs=epochs)
             sub_t, sub_y = [tr_toks[i] for i in idx], [tr_y[i] for i in idx]
+            classes = sorted(set(tr_y))  # a small sample may lack a rare class (TREC's ABBR)
             r = ours(args.task, sub_t, sub_y, te_toks, te_y, seed, v, directions=["fwd"], lm_toks=tr_toks,
-                     tag=f"_n{n}")
-            r["from scratch"] = scratch(args.task, sub_t, sub_y, te_toks, te_y, seed, v, tag=f"_n{n}")
+                     tag=f"_n{n}", classes=classes)
+            r["from scratch"] = scratch(args.task, sub_t, sub_y, te_toks, te_y, seed, v, tag=f"_n{n}",
+                                        classes=classes)
             _add(rows, {f"n={n} {k}": val for k, val in r.items()}, seed)
     table = _summary(rows)
     record(f"sample_{args.task}{args.tag}", dict(task=args.task, sizes=args.sizes, seeds=args.seeds,

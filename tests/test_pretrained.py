@@ -72,3 +72,16 @@ def test_weights_are_loaded_weights_only(tmp_path, tiny_config, lm_dls):
     with pytest.raises(Exception, match="(?i)weights.only|unsupported"):
         load_pretrained(AWDLSTMLanguageModel(len(lm_dls.vocab), tiny_config), tmp_path / "evil.pth",
                         list(lm_dls.vocab.itos), lm_dls.vocab)
+
+
+def test_a_fastai_vocab_list_with_xxfake_padding_is_accepted(fastai_archive, tiny_config):
+    """fastai pads its vocab to a multiple of 8 with repeated 'xxfake' tokens."""
+    from ulmfit_callbacks import AWDLSTMLanguageModel
+    folder, fa, old_itos = fastai_archive
+    itos = SPECIAL_TOKENS + ["what", "zebra", "xxfake", "xxfake", "xxfake"]
+    model = AWDLSTMLanguageModel(len(itos), tiny_config)
+    rep = load_pretrained(model, folder / "lstm_fwd.pth", folder / "itos_wt103.pkl", itos)
+    assert rep.total == len(itos) and rep.matched == len(SPECIAL_TOKENS) + 1
+    emb = model.encoder.embedding.weight
+    assert torch.equal(emb[itos.index("what")], fa[0].encoder.weight[old_itos.index("what")])
+    torch.testing.assert_close(emb[-1], fa[0].encoder.weight.mean(0))

@@ -64,7 +64,7 @@ def wt103_files(backwards: bool = False) -> tuple[Path, Path]:
 
 
 def load_pretrained(model: nn.Module, weights: str | os.PathLike | dict, itos: str | os.PathLike | list[str],
-                    vocab: Vocab) -> PretrainedReport:
+                    vocab: Vocab | list[str]) -> PretrainedReport:
     """Load pretrained AWD-LSTM LM weights into our ``model``, mapping rows by token.
 
     ``weights``: a fastai-layout (``0.encoder.weight``...) or our-layout state dict, or its
@@ -96,12 +96,13 @@ def load_pretrained(model: nn.Module, weights: str | os.PathLike | dict, itos: s
                          "): build the model with the pretrained config")
     if len(old_itos) != emb.shape[0]:
         raise ValueError(f"itos has {len(old_itos)} tokens but the pretrained embedding has {emb.shape[0]} rows")
+    new_itos = vocab.itos if isinstance(vocab, Vocab) else list(vocab)  # fastai's vocab list works too
     old = {t: i for i, t in enumerate(old_itos)}
-    idx = torch.tensor([old.get(t, -1) for t in vocab.itos])
+    idx = torch.tensor([old.get(t, -1) for t in new_itos])
     hit = idx >= 0
 
     def remap(w: torch.Tensor) -> torch.Tensor:
-        new = w.mean(0, keepdim=True).expand(len(vocab), *w.shape[1:]).clone()
+        new = w.mean(0, keepdim=True).expand(len(new_itos), *w.shape[1:]).clone()
         new[hit] = w[idx[hit]]
         return new
 
@@ -116,4 +117,4 @@ def load_pretrained(model: nn.Module, weights: str | os.PathLike | dict, itos: s
     if missing:
         raise KeyError(f"pretrained weights lack {missing[:5]}")
     model.load_state_dict(out)
-    return PretrainedReport(int(hit.sum()), len(vocab), source)
+    return PretrainedReport(int(hit.sum()), len(new_itos), source)
