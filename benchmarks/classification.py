@@ -321,9 +321,10 @@ def sample(args):
 def merge(args):
     """One table from the tagged result files of runs made in parallel (``--tag _a``, ``--tag _b``...)."""
     import json
-    parts = sorted((REPO / "benchmarks" / "results").glob(f"{args.kind}_{args.task}_*.json"))
-    if not parts:
-        raise SystemExit(f"no results/{args.kind}_{args.task}_*.json files")
+    parts = [REPO / "benchmarks" / "results" / f"{args.kind}_{args.task}{t}.json" for t in args.parts]
+    missing = [str(p) for p in parts if not p.exists()]
+    if missing:
+        raise SystemExit(f"missing result files: {missing}")
     rows, commands, seeds = {}, [], []
     for f in parts:
         d = json.loads(f.read_text())
@@ -376,6 +377,7 @@ def main():
     _common(p, directions=["fwd"])
     p = sub.add_parser("merge")
     p.add_argument("--kind", choices=["compare", "ablate", "sample", "tune"], required=True)
+    p.add_argument("--parts", nargs="+", required=True, help="the --tag of each run to merge, e.g. _a _b")
     p.add_argument("--task", choices=["trec6", "mr"], default="trec6")
     p.set_defaults(func=merge)
     args = ap.parse_args()
