@@ -42,17 +42,20 @@ class BPT3CEncoder(nn.Module):
             order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)
             tokens = tokens.gather(1, order)
         sl = int(lengths.max())
-        tokens = tokens[:, :sl]
-        bs = tokens.size(0)
+        # longest first, so that chunk i runs only the k rows that still have tokens (the module
+        # keeps the first k rows of its state when the batch shrinks, as fastai's AWD_LSTM does)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        tokens, lengths = tokens[order, :sl], lengths[order]
         self.reset()
         grad_on = torch.is_grad_enabled()
         pos = torch.arange(sl, device=tokens.device)
         last = run_max = run_sum = None
         for i in range(0, sl, self.bptt):
-            chunk = tokens[:, i: i + self.bptt]
+            k = int((lengths > i).sum())
+            chunk, lens = tokens[:k, i: i + self.bptt], lengths[:k]
             n = chunk.size(1)
-            # rows whose chunk starts inside their last max_len tokens and still holds real tokens
-            needs = (i >= lengths - self.max_len) & (i < lengths) if grad_on else None
+            # rows whose chunk starts inside their last max_len tokens
+            needs = (i >= lens - self.max_len) if grad_on else None
             if grad_on and bool(needs.any()):
                 out = self.module(chunk)
                 if not bool(needs.all()):
@@ -61,17 +64,19 @@ class BPT3CEncoder(nn.Module):
                 with torch.no_grad():
                     out = self.module(chunk)
             out = out.as_subclass(Tensor) if type(out) is not Tensor else out
-            mask = (pos[i: i + n][None, :] < lengths[:, None])[:, :, None]
+            mask = (pos[i: i + n][None, :] < lens[:, None])[:, :, None]
             c_max = out.masked_fill(~mask, float("-inf")).max(1).values
             c_sum = out.masked_fill(~mask, 0.0).sum(1)
-            ends_here = ((lengths - 1 >= i) & (lengths - 1 < i + n))[:, None]
-            c_last = out[torch.arange(bs, device=out.device), (lengths - 1 - i).clamp(0, n - 1)]
-            if last is None:
+            ends_here = ((lens - 1 >= i) & (lens - 1 < i + n))[:, None]
+            c_last = out[torch.arange(k, device=out.device), (lens - 1 - i).clamp(0, n - 1)]
+            if last is None:  # i == 0: every row is active
                 last, run_max, run_sum = torch.where(ends_here, c_last, torch.zeros_like(c_last)), c_max, c_sum
             else:
-                last = torch.where(ends_here, c_last, last)
-                run_max = torch.maximum(run_max, c_max)
-                run_sum = run_sum + c_sum
+                last = torch.cat([torch.where(ends_here, c_last, last[:k]), last[k:]])
+                run_max = torch.cat([torch.maximum(run_max[:k], c_max), run_max[k:]])
+                run_sum = torch.cat([run_sum[:k] + c_sum, run_sum[k:]])
+        inv = torch.argsort(order)
+        last, run_max, run_sum, lengths = last[inv], run_max[inv], run_sum[inv], lengths[inv]
         mean = run_sum / lengths[:, None].to(run_sum.dtype)
         return torch.cat([last, run_max, mean], 1)
 
