@@ -44,8 +44,8 @@ class BPT3CEncoder(nn.Module):
         sl = int(lengths.max())
         # longest first, so that chunk i runs only the k rows that still have tokens (the module
         # keeps the first k rows of its state when the batch shrinks, as fastai's AWD_LSTM does)
-        order = torch.argsort(lengths, descending=True, stable=True)
-        tokens, lengths = tokens[order, :sl], lengths[order]
+        rows = torch.argsort(lengths, descending=True, stable=True)
+        tokens, lengths = tokens[rows, :sl], lengths[rows]
         self.reset()
         grad_on = torch.is_grad_enabled()
         pos = torch.arange(sl, device=tokens.device)
@@ -75,7 +75,7 @@ class BPT3CEncoder(nn.Module):
                 last = torch.cat([torch.where(ends_here, c_last, last[:k]), last[k:]])
                 run_max = torch.cat([torch.maximum(run_max[:k], c_max), run_max[k:]])
                 run_sum = torch.cat([run_sum[:k] + c_sum, run_sum[k:]])
-        inv = torch.argsort(order)
+        inv = torch.argsort(rows)
         last, run_max, run_sum, lengths = last[inv], run_max[inv], run_sum[inv], lengths[inv]
         mean = run_sum / lengths[:, None].to(run_sum.dtype)
         return torch.cat([last, run_max, mean], 1)
