@@ -89,6 +89,7 @@ class Variant:
     averaging: bool = True        # classifier weights averaged over its last epochs (ASGD)
     clf_epochs: int = 6
     clf_lr: float = 1e-2          # the paper's classifier lr
+    clf_decay: float = 2.6        # classifier's discriminative lr ratio between groups (the paper's 2.6)
     clf_drop_mult: float = 0.5    # fastai's text_classifier_learner default
     clf_bf16: bool = False        # classifier trained under BF16Autocast (issue 9's quality guard)
 
@@ -132,7 +133,7 @@ def ours(task, tr_toks, tr_y, te_toks, te_y, seed, v: Variant, directions=("fwd"
         lm_dir = _lm(task, d, v, lm_toks if lm_toks is not None else tr_toks)
         t = time.time()
         e = v.clf_epochs
-        recipe = Recipe(epochs=e, lr=v.clf_lr, stlr=v.stlr, discriminative=v.discriminative,
+        recipe = Recipe(epochs=e, lr=v.clf_lr, stlr=v.stlr, discriminative=v.discriminative, decay=v.clf_decay,
                         gradual_unfreezing=v.gradual_unfreezing, unfreeze_schedule=[1, 2, 3] if e > 4 else None,
                         asgd=v.averaging, asgd_start_epoch=max(e - 2, 0), drop_mult=v.clf_drop_mult)
         learn, _ = train_classifier(None, tr_y, None, te_y[:MONITOR], CACHE / f"clf_{task}_{d}{tag}_{seed}", recipe,
@@ -257,7 +258,7 @@ def tune(args):
     rows = {}
     for seed in args.seeds:
         r = ours(args.task + "_tune", [toks[i] for i in tr], [tr_y[i] for i in tr], [toks[i] for i in ho],
-                 [tr_y[i] for i in ho], seed, v, directions=args.directions, tag="_tune")
+                 [tr_y[i] for i in ho], seed, v, directions=args.directions, tag="_tune" + args.tag)
         _add(rows, r, seed)
     record(f"tune_{args.task}{args.tag}", dict(task=args.task, seeds=args.seeds, variant=dataclasses.asdict(v),
                                               table=_summary(rows), runs=rows))
