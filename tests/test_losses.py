@@ -7,16 +7,16 @@ from ulmfit_callbacks import BF16Autocast, SlantedTriangularLR, ulmfit_lm_learne
 from ulmfit_callbacks.losses import DecoderInput, LMLoss, linear_cross_entropy
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 128, 1000])
+@pytest.mark.parametrize("chunk,block", [(1, 1), (7, 1024), (7, 10), (3, 4), (128, 1024), (1000, 1000)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_equals_linear_then_cross_entropy_in_fp64(chunk, bias):
-    torch.manual_seed(chunk)
+def test_equals_linear_then_cross_entropy_in_fp64(chunk, block, bias):
+    torch.manual_seed(chunk + block)
     h = torch.randn(50, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(33, 6, dtype=torch.float64, requires_grad=True)
     b = torch.randn(33, dtype=torch.float64, requires_grad=True) if bias else None
     y = torch.randint(0, 33, (50,))
     ref = F.cross_entropy(F.linear(h, w, b), y)
-    got = linear_cross_entropy(h, w, b, y, chunk)
+    got = linear_cross_entropy(h, w, b, y, chunk, block)
     assert torch.allclose(ref, got.double(), atol=1e-6)
     params = [t for t in (h, w, b) if t is not None]
     for a, c in zip(torch.autograd.grad(ref * 3, params), torch.autograd.grad(got * 3, params)):
@@ -30,6 +30,21 @@ def test_bf16_hidden_states_close_to_fp32():
     ref = F.cross_entropy(F.linear(h, w), y)
     got = linear_cross_entropy(h.bfloat16(), w, None, y)
     assert got.dtype == torch.float32 and abs(got.item() - ref.item()) < 0.02 * ref.item()
+
+
+def test_gradients_only_where_autograd_wants_them():
+    torch.manual_seed(0)
+    h, w = torch.randn(20, 4, requires_grad=True), torch.randn(9, 4)  # weight frozen
+    y = torch.randint(0, 9, (20,))
+    loss = linear_cross_entropy(h, w, None, y, 3, 6)
+    (g,) = torch.autograd.grad(loss, [h])
+    hr = h.detach().requires_grad_()
+    (ref,) = torch.autograd.grad(F.cross_entropy(F.linear(hr, w), y), [hr])
+    assert torch.allclose(g, ref, atol=1e-6)
+    with torch.no_grad():  # no gradient work, same value
+        assert torch.allclose(linear_cross_entropy(h, w, None, y), loss.detach())
+    with pytest.raises(ValueError, match="chunk and block"):
+        linear_cross_entropy(h, w, None, y, 0)
 
 
 def test_bad_shapes_are_refused():

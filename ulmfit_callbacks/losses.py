@@ -7,9 +7,13 @@ back. :func:`linear_cross_entropy` computes the same loss chunk by chunk,
 
     loss = mean_i [ logsumexp_v (h_i W^T + b)_v - (h_i W^T + b)_{y_i} ]
 
-and its gradient ``dL/dlogits = softmax - onehot(y)`` chunk by chunk again in the backward
-pass (one extra GEMM), so each chunk's logits stay in cache. Logits are accumulated in fp32
-whatever the dtype of ``h`` (bf16 under autocast).
+and, when a gradient will be needed, its gradient in the same pass: with
+``P = softmax(h W^T + b) - onehot(y)``, ``dL/dh = P W / N``, ``dL/dW = P^T h / N`` and
+``dL/db = sum_i P_i / N``. ``P`` is built ``chunk`` rows at a time (each chunk's logits stay in
+cache) and multiplied out ``block`` rows at a time (few passes over the V x d gradient of W).
+So the decoder costs the three GEMMs of the plain path, and the backward pass only scales
+the stored gradients by the incoming one. Logits and softmax are fp32 whatever the dtype of
+``h`` (bf16 under autocast).
 """
 from __future__ import annotations
 
@@ -20,70 +24,74 @@ from torch import Tensor
 __all__ = ["linear_cross_entropy", "DecoderInput", "LMLoss"]
 
 
-def _logits(h: Tensor, wt: Tensor, b: Tensor | None) -> Tensor:
-    lg = torch.mm(h, wt).float()  # wt: (d, V) contiguous (a transposed operand is slower in oneDNN's bf16 GEMM)
-    return lg.add_(b) if b is not None else lg
-
-
-def _lse_(lg: Tensor) -> Tensor:
-    """Row-wise logsumexp; overwrites ``lg`` (fewer passes than ``torch.logsumexp``)."""
-    m = lg.amax(1, keepdim=True)
-    return lg.sub_(m).exp_().sum(1).log_().add_(m.squeeze(1))
-
-
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, bias, target, chunk):
-        wt = weight.to(h.dtype).t().contiguous()
+    def forward(ctx, h, weight, bias, target, chunk, block, want_grad):
+        n, dt = h.size(0), h.dtype
+        w = weight.to(dt)
+        wt = w.t().contiguous()  # (d, V): a transposed operand is slower in oneDNN's bf16 GEMM
         b = bias.float() if bias is not None else None
-        n = h.size(0)
-        lse = torch.empty(n, dtype=torch.float32, device=h.device)
-        picked = torch.empty(n, dtype=torch.float32, device=h.device)
-        for i in range(0, n, chunk):
-            lg = _logits(h[i:i + chunk], wt, b)
-            picked[i:i + chunk] = lg.gather(1, target[i:i + chunk, None]).squeeze(1)
-            lse[i:i + chunk] = _lse_(lg)
-        ctx.save_for_backward(h, weight, bias, target, lse)
-        ctx.chunk = chunk
-        return (lse - picked).mean()
+        need_h, need_w, need_b = (want_grad and x for x in ctx.needs_input_grad[:3])
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=h.device) if need_b else None
+        p_block = torch.empty(min(block, n), weight.size(0), dtype=dt, device=h.device) if want_grad else None
+        total = torch.zeros((), dtype=torch.float64, device=h.device)
+        for j in range(0, n, block):
+            rows = min(block, n - j)
+            for i in range(j, j + rows, chunk):
+                e = min(i + chunk, j + rows)
+                hc, y = h[i:e], target[i:e]
+                lg = torch.mm(hc, wt).float()
+                if b is not None:
+                    lg.add_(b)
+                m = lg.amax(1, keepdim=True)
+                picked = lg.gather(1, y[:, None]).squeeze(1)
+                s = lg.sub_(m).exp_().sum(1)  # lg now holds exp(logit - max)
+                total += (s.log() + m.squeeze(1) - picked).sum()
+                if want_grad:
+                    p = lg.div_(s[:, None])  # softmax
+                    p[torch.arange(p.size(0), device=p.device), y] -= 1
+                    if grad_b is not None:
+                        grad_b += p.sum(0)
+                    p_block[i - j:e - j] = p
+            pb, hb = p_block[:rows] if want_grad else None, h[j:j + rows]
+            if grad_h is not None:
+                torch.mm(pb, w, out=grad_h[j:j + rows])
+            if grad_w is not None:
+                if dt == torch.float32:
+                    grad_w.addmm_(pb.t(), hb)
+                else:
+                    grad_w += torch.mm(pb.t(), hb).float()
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.n = n
+        return (total / n).float()
 
     @staticmethod
     def backward(ctx, grad):
-        h, weight, bias, target, lse = ctx.saved_tensors
-        w = weight.to(h.dtype)
-        wt = w.t().contiguous()
-        b = bias.float() if bias is not None else None
-        n, chunk = h.size(0), ctx.chunk
-        scale = grad.float() / n
-        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if ctx.needs_input_grad[1] else None
-        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=h.device) \
-            if bias is not None and ctx.needs_input_grad[2] else None
-        for i in range(0, n, chunk):
-            hc = h[i:i + chunk]
-            p = _logits(hc, wt, b).sub_(lse[i:i + chunk, None]).exp_()  # softmax
-            p[torch.arange(p.size(0), device=p.device), target[i:i + chunk]] -= 1
-            p.mul_(scale)
-            if grad_b is not None:
-                grad_b += p.sum(0)
-            pd = p.to(h.dtype)
-            if grad_h is not None:
-                torch.mm(pd, w, out=grad_h[i:i + chunk])
-            if grad_w is not None:
-                grad_w += torch.mm(pd.t(), hc).float()
-        return (grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
-                grad_b.to(bias.dtype) if grad_b is not None else None, None, None)
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        scale = grad.float() / ctx.n
+        return (grad_h * scale.to(grad_h.dtype) if grad_h is not None else None,
+                grad_w.mul_(scale) if grad_w is not None else None,
+                grad_b.mul_(scale) if grad_b is not None else None, None, None, None, None)
 
 
-def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, chunk: int = 128) -> Tensor:
+def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, chunk: int = 128,
+                         block: int = 1024) -> Tensor:
     """``F.cross_entropy(F.linear(h, weight, bias), target)`` (mean) without storing the logits.
 
     ``h``: (N, d) in fp32 or bf16; ``weight``: (V, d); ``target``: (N,) class ids. The GEMMs run
-    in ``h``'s dtype, the softmax in fp32. Gradients flow to ``h``, ``weight`` and ``bias``.
+    in ``h``'s dtype, the softmax in fp32. Gradients flow to ``h``, ``weight`` and ``bias``; they
+    are computed in the forward pass (only when autograd will want them), so a call under
+    ``torch.no_grad()`` costs one GEMM. ``chunk``: rows of logits at a time; ``block``: rows of
+    the softmax kept (in ``h``'s dtype) for each gradient GEMM.
     """
     if h.dim() != 2 or target.shape != h.shape[:1]:
         raise ValueError(f"expected h (N, d) and target (N,), got {tuple(h.shape)} and {tuple(target.shape)}")
-    return _LinearCrossEntropy.apply(h, weight, bias, target, chunk)
+    if chunk < 1 or block < 1:
+        raise ValueError(f"chunk and block must be >= 1, got {chunk} and {block}")
+    want_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, weight, bias))
+    return _LinearCrossEntropy.apply(h, weight, bias, target, chunk, max(block, chunk), want_grad)
 
 
 class DecoderInput:
