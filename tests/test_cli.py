@@ -67,6 +67,7 @@ def test_evaluate_reports_accuracy(demo_run, tmp_path):
     (["train-classifier", "bbc", "--lm", "/nonexistent", "--out", "/tmp/x", "--epochs", "1"], "not a saved model"),
     (["pretrain", "README.md", "--out", "/tmp/x", "--lr", "-1"], "--lr must be > 0"),
     (["pretrain", "README.md", "--out", "/tmp/x", "--drop-mult", "-0.5"], "--drop-mult must be >= 0"),
+    (["finetune-lm", "README.md", "--out", "/tmp/x", "--decay", "0"], "--decay must be > 0"),
 ])
 def test_clear_errors(args, msg):
     r = run(*args)
@@ -78,6 +79,16 @@ def test_argument_types_are_checked(capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["pretrain", "x", "--out", "y", "--epochs", "0"])
     assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_decay_reaches_the_discriminative_lr_callback():
+    from ulmfit_callbacks import DiscriminativeLR
+    from ulmfit_callbacks.cli import _recipe
+    a = build_parser().parse_args(["train-classifier", "bbc", "--lm", "x", "--out", "y", "--decay", "1.3"])
+    (dlr,) = [c for c in _recipe(a, classifier=True).callbacks(classifier=True) if isinstance(c, DiscriminativeLR)]
+    assert dlr.decay == 1.3
+    a = build_parser().parse_args(["finetune-lm", "x", "--out", "y"])
+    assert _recipe(a).decay == 2.6
 
 
 def test_help_is_there():

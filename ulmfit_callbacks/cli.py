@@ -61,7 +61,9 @@ def _recipe(a, classifier=False):
         raise UsageError(f"--epochs must be >= 1, got {a.epochs}")
     if a.drop_mult < 0:
         raise UsageError(f"--drop-mult must be >= 0, got {a.drop_mult}")
-    return Recipe(epochs=a.epochs, lr=a.lr, stlr=not a.no_stlr, discriminative=not a.no_discriminative,
+    if a.decay <= 0:
+        raise UsageError(f"--decay must be > 0, got {a.decay}")
+    return Recipe(epochs=a.epochs, lr=a.lr, stlr=not a.no_stlr, discriminative=not a.no_discriminative, decay=a.decay,
                   gradual_unfreezing=classifier and not getattr(a, "no_gradual_unfreezing", True),
                   asgd=a.asgd, cut_frac=a.cut_frac, ratio=a.ratio, drop_mult=a.drop_mult)
 
@@ -313,6 +315,8 @@ def _add_training(p, lr, epochs, classifier=False):
     p.add_argument("--ratio", type=float, default=32, help="STLR: lr_max / lr_min (32)")
     p.add_argument("--no-stlr", action="store_true", help="one-cycle schedule instead of slanted triangular lrs")
     p.add_argument("--no-discriminative", action="store_true", help="same lr for every layer")
+    p.add_argument("--decay", type=float, default=2.6,
+                   help="discriminative lrs: lr of layer l-1 = lr of layer l / decay (paper: 2.6)")
     if classifier:
         p.add_argument("--no-gradual-unfreezing", action="store_true", help="train all layers from the start")
     p.add_argument("--asgd", action="store_true", help="NT-ASGD weight averaging")
