@@ -316,7 +316,7 @@ def sample(args):
     ax.set_title(f"{args.task}: sample efficiency (mean ± std, {len(args.seeds)} seeds)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(REPO / "benchmarks" / "results" / f"sample_efficiency_{args.task}.png", dpi=110)
+    fig.savefig(REPO / "benchmarks" / "results" / f"sample_efficiency_{args.task}{args.tag}.png", dpi=110)
 
 
 def merge(args):
@@ -334,7 +334,7 @@ def merge(args):
         for k, vs in d["result"]["runs"].items():
             rows.setdefault(k, []).extend(vs)
     print("\n".join(commands))
-    record(f"{args.kind}_{args.task}", dict(task=args.task, seeds=sorted(set(seeds)), parts=commands,
+    record(f"{args.kind}_{args.task}{args.tag}", dict(task=args.task, seeds=sorted(set(seeds)), parts=commands,
                                            table=_summary(rows), runs=rows))
 
 
@@ -379,6 +379,7 @@ def main():
     p = sub.add_parser("merge")
     p.add_argument("--kind", choices=["compare", "ablate", "sample", "tune"], required=True)
     p.add_argument("--parts", nargs="+", required=True, help="the --tag of each run to merge, e.g. _a _b")
+    p.add_argument("--tag", default="", help="suffix of the merged results file")
     p.add_argument("--task", choices=["trec6", "mr"], default="trec6")
     p.set_defaults(func=merge)
     args = ap.parse_args()
