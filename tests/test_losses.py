@@ -37,7 +37,8 @@ def test_gradients_only_where_autograd_wants_them():
     h, w = torch.randn(20, 4, requires_grad=True), torch.randn(9, 4)  # weight frozen
     y = torch.randint(0, 9, (20,))
     loss = linear_cross_entropy(h, w, None, y, 3, 6)
-    (g,) = torch.autograd.grad(loss, [h])
+    (g,) = torch.autograd.grad(loss, [h], retain_graph=True)
+    assert torch.equal(torch.autograd.grad(loss, [h])[0], g)  # a second backward gives the same gradient
     hr = h.detach().requires_grad_()
     (ref,) = torch.autograd.grad(F.cross_entropy(F.linear(hr, w), y), [hr])
     assert torch.allclose(g, ref, atol=1e-6)

@@ -72,8 +72,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         scale = grad.float() / ctx.n
         return (grad_h * scale.to(grad_h.dtype) if grad_h is not None else None,
-                grad_w.mul_(scale) if grad_w is not None else None,
-                grad_b.mul_(scale) if grad_b is not None else None, None, None, None, None)
+                grad_w * scale if grad_w is not None else None,
+                grad_b * scale if grad_b is not None else None, None, None, None, None)
 
 
 def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, chunk: int = 128,
