@@ -66,7 +66,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 else:
                     grad_w += torch.mm(pb.t(), hb).float()
         ctx.save_for_backward(grad_h, grad_w, grad_b)
-        ctx.n = n
+        ctx.n, ctx.dtypes = n, (weight.dtype, bias.dtype if bias is not None else None)
         return (total / n).float()
 
     @staticmethod
@@ -74,8 +74,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         scale = grad.float() / ctx.n
         return (grad_h * scale.to(grad_h.dtype) if grad_h is not None else None,
-                grad_w * scale if grad_w is not None else None,
-                grad_b * scale if grad_b is not None else None, None, None, None, None)
+                (grad_w * scale).to(ctx.dtypes[0]) if grad_w is not None else None,
+                (grad_b * scale).to(ctx.dtypes[1]) if grad_b is not None else None, None, None, None, None)
 
 
 def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, chunk: int = 128,
