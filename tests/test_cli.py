@@ -105,18 +105,18 @@ def test_ci_runs_the_readme_test_command():
     assert commands[1] in (REPO / ".ci" / "run").read_text()
 
 
-def test_qrnn_bf16_stages_and_the_kept_vocabulary(tmp_path, data_dir):
-    general, task = tmp_path / "general.csv", tmp_path / "task.csv"
+def test_qrnn_bf16_stages_and_the_kept_vocabulary(tmp_path, general_texts, task):
+    general, task_csv = tmp_path / "general.csv", tmp_path / "task.csv"
     import pandas as pd
-    pd.read_csv(data_dir / "general" / "train.csv").head(60).to_csv(general, index=False)
-    pd.read_csv(data_dir / "trec6" / "train.csv").head(200).to_csv(task, index=False)
+    pd.DataFrame({"text": general_texts[0][:60]}).to_csv(general, index=False)
+    task[0].head(200).to_csv(task_csv, index=False)
     small = ["--emb-sz", "8", "--n-hid", "16", "--n-layers", "2", "--bs", "8", "--bptt", "20"]
     r = run("pretrain", str(general), "--out", str(tmp_path / "s1"), "--arch", "qrnn", "--bf16", "--drop-mult", "0.5",
             *small)
     assert r.returncode == 0, r.stderr[-2000:]
     cfg = json.loads((tmp_path / "s1" / "config.json").read_text())["config"]
     assert cfg["arch"] == "qrnn" and cfg["weight_p"] == 0.1
-    r = run("finetune-lm", str(task), "--pretrained", str(tmp_path / "s1"), "--out", str(tmp_path / "lm"),
+    r = run("finetune-lm", str(task_csv), "--pretrained", str(tmp_path / "s1"), "--out", str(tmp_path / "lm"),
             "--keep-pretrained-vocab", "--bs", "8", "--bptt", "20")
     assert r.returncode == 0, r.stderr[-2000:]
     s1 = json.loads((tmp_path / "s1" / "vocab.json").read_text())["itos"]

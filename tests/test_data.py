@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ulmfit_callbacks import LMLoader, Vocab, classifier_dataloaders, lm_dataloaders, load_bbc_news
+from ulmfit_callbacks import ClassifierLoader, LMLoader, Vocab, classifier_dataloaders, lm_dataloaders, load_bbc_news, tokenize
 from ulmfit_callbacks.data import SPECIAL_TOKENS, read_folder, read_texts
 
 
@@ -89,13 +89,44 @@ def test_non_utf8_file_in_folder(tmp_path):
     (pd.DataFrame({"text": [], "label": []}), "no rows"),
     (pd.DataFrame({"txt": ["a"], "label": ["x"]}), "no column 'text'"),
     (pd.DataFrame({"text": ["a"], "lbl": ["x"]}), "no column 'label'"),
-    (pd.DataFrame({"text": ["a", "  ", "b"], "label": ["x", "y", "x"]}), "whitespace-only"),
-    (pd.DataFrame({"text": ["a", None], "label": ["x", "y"]}), "missing text"),
-    (pd.DataFrame({"text": ["a", "b"], "label": ["x", None]}), "missing label"),
+    (pd.DataFrame({"text": ["  ", None], "label": ["x", "y"]}), "no row has a text and a label"),
 ])
 def test_bad_frames(df, msg):
     with pytest.raises(ValueError, match=msg):
         read_texts(df, "text", "label")
+
+
+def test_literal_words_are_text_and_blank_rows_are_skipped_with_a_message(tmp_path):
+    words = ["None", "NA", "N/A", "n/a", "null", "nan", "NULL", "#N/A"]
+    rows = [f"{w},{'yes' if i % 2 else 'no'}" for i, w in enumerate(words)]
+    (tmp_path / "d.csv").write_text("text,label\n" + "\n".join(rows + ['"   ",yes', ",no", "kept,", "fine,NA"]) + "\n")
+    said = []
+    texts, labels = read_texts(tmp_path / "d.csv", "text", "label", log=said.append)
+    assert texts == words + ["fine"] and labels[-1] == "NA"  # a label that reads NA is a label
+    assert said == [f"{tmp_path / 'd.csv'}: skipped 2 row(s) with empty or whitespace-only text (rows [8, 9])",
+                    f"{tmp_path / 'd.csv'}: skipped 1 row(s) with missing label (rows [10])"]
+    all_rows, _ = read_texts(tmp_path / "d.csv", "text", "label", skip_empty=False)
+    assert len(all_rows) == 12 and all_rows[8:11] == ["   ", "", "kept"]  # evaluation keeps every row, in order
+
+
+def test_a_one_row_last_batch_is_dropped_in_training_only():
+    docs = [np.array([5, 6])] * 9
+    tr = ClassifierLoader(docs, np.zeros(9, dtype=np.int64), bs=4, shuffle=True, seed=0)
+    assert tr.drop_last and len(tr) == 2 and [len(y) for _, y in tr] == [4, 4]
+    va = ClassifierLoader(docs, np.zeros(9, dtype=np.int64), bs=4, shuffle=False)
+    assert not va.drop_last and [len(y) for _, y in va] == [4, 4, 1]
+    two = ClassifierLoader(docs[:6], np.zeros(6, dtype=np.int64), bs=4, shuffle=True, seed=0)
+    assert not two.drop_last and [len(y) for _, y in two] == [4, 2]
+
+
+def test_texts_over_spacys_limit_are_tokenised_in_pieces():
+    n = 120_000
+    text = " ".join(f"Word{i}" for i in range(n))  # about 1.2 M characters
+    assert len(text) > 1_000_000
+    toks = tokenize([text, "Short one."])
+    assert toks[0].count("xxbos") == 1 and toks[0][:3] == ["xxbos", "xxmaj", "word0"]
+    assert toks[0].count("xxmaj") == n  # no word lost or doubled at the cuts
+    assert toks[1] == tokenize(["Short one."])[0]
 
 
 def test_bad_csvs(tmp_path):
@@ -123,13 +154,13 @@ def test_malformed_csv(tmp_path):
         read_texts(tmp_path / "bad.csv")
 
 
-def test_vocab_extended_keeps_task_ids_and_appends_pretrained_tokens(trec_tokens):
-    task = Vocab.build(trec_tokens[0], max_vocab=100, min_freq=2)
+def test_vocab_extended_keeps_task_ids_and_appends_pretrained_tokens(task_tokens):
+    task = Vocab.build(task_tokens[0], max_vocab=100, min_freq=2)
     other = Vocab(task.itos[:9] + ["zebra", task.itos[12], "aardvark"])
     ext = task.extended(other, max_vocab=1000)
     assert ext.itos[: len(task)] == task.itos
     assert ext.itos[len(task):] == ["zebra", "aardvark"]
     assert len(task.extended(other, max_vocab=len(task) + 1)) == len(task) + 1
-    dls = lm_dataloaders(None, tokens=trec_tokens, bs=4, bptt=5, max_vocab=5000, extra_vocab=other)
-    big = Vocab.build(trec_tokens[0], max_vocab=5000, min_freq=2)
+    dls = lm_dataloaders(None, tokens=task_tokens, bs=4, bptt=5, max_vocab=5000, extra_vocab=other)
+    big = Vocab.build(task_tokens[0], max_vocab=5000, min_freq=2)
     assert len(big) < 5000 and dls.vocab.itos == big.itos + ["zebra", "aardvark"]

@@ -13,14 +13,13 @@ def _worker(rank, world, init_file, out_dir, seed):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        import pandas as pd
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         from ulmfit_callbacks import (ASGDWeightAveraging, AWDLSTMConfig, DiscriminativeLR, GradualUnfreezing,
                                       SlantedTriangularLR, classifier_dataloaders, lm_dataloaders,
                                       ulmfit_classifier_learner)
-        from conftest import DATA
-        df = pd.read_csv(DATA / "trec6" / "train.csv").iloc[:320]
+        from conftest import bbc_short_texts
+        df = bbc_short_texts().iloc[:320]
         torch.manual_seed(seed)
         vocab = lm_dataloaders(df.text.tolist(), bs=4, bptt=5, valid_pct=0.1).vocab
         dls = classifier_dataloaders(df.text, df.label, vocab=vocab, valid_texts=df.text[:40], valid_labels=df.label[:40],

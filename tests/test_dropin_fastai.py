@@ -13,8 +13,8 @@ SMALL = dict(emb_sz=16, n_hid=32, n_layers=2)
 
 
 @pytest.fixture(scope="module")
-def fastai_dls(trec):
-    train, _ = trec
+def fastai_dls(task):
+    train, _ = task
     df = train.iloc[:300].reset_index(drop=True)
     lm = TextDataLoaders.from_df(df, text_col="text", is_lm=True, valid_pct=0.1, bs=8, seq_len=10, seed=0)
     clas = TextDataLoaders.from_df(df, text_col="text", label_col="label", valid_pct=0.2, bs=16, seed=0,

@@ -1,13 +1,11 @@
-"""LM learner on real general-domain text; determinism."""
-import pandas as pd
+"""LM learner on real text; determinism."""
 import torch
 
 from ulmfit_callbacks import AWDLSTMConfig, DiscriminativeLR, SlantedTriangularLR, lm_dataloaders, ulmfit_lm_learner
 
 
-def test_short_lm_fit_on_the_general_corpus_lowers_validation_loss(data_dir):
-    train = pd.read_csv(data_dir / "general" / "train.csv").text[:400].tolist()
-    valid = pd.read_csv(data_dir / "general" / "valid.csv").text[:60].tolist()
+def test_short_lm_fit_on_real_text_lowers_validation_loss(general_texts):
+    train, valid = general_texts
     torch.manual_seed(0)
     dls = lm_dataloaders(train, valid, bs=16, bptt=35, max_vocab=5000, seed=0)
     learn = ulmfit_lm_learner(dls, config=AWDLSTMConfig(emb_sz=48, n_hid=96, n_layers=2))

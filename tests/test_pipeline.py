@@ -9,11 +9,11 @@ from ulmfit_callbacks.pipeline import Recipe, finetune_lm, load_artifact, pretra
 
 
 @pytest.fixture(scope="module")
-def stage1(tmp_path_factory, trec_tokens):
+def stage1(tmp_path_factory, task_tokens):
     out = tmp_path_factory.mktemp("stage1")
-    general = [t + ["zyzzyva", "zyzzyva"] for t in trec_tokens[0][300:]]  # a token the task text never has
+    general = [t + ["zyzzyva", "zyzzyva"] for t in task_tokens[0][300:]]  # a token the task text never has
     pretrain_lm(None, None, out, AWDLSTMConfig(emb_sz=8, n_hid=16, n_layers=2), Recipe(epochs=1, drop_mult=0.5),
-                bs=4, bptt=8, tokens=(general, trec_tokens[1]), seed=0)
+                bs=4, bptt=8, tokens=(general, task_tokens[1]), seed=0)
     return out
 
 
@@ -22,8 +22,8 @@ def test_stage_dropouts_follow_each_recipe(stage1):
     assert meta["config"]["weight_p"] == pytest.approx(0.2 * 0.5)  # stage 1 trained with drop_mult 0.5
 
 
-def test_finetuning_keeps_the_stage1_vocabulary_and_uses_its_own_dropouts(stage1, trec_tokens, tmp_path):
-    task = (trec_tokens[0][:300], trec_tokens[1])
+def test_finetuning_keeps_the_stage1_vocabulary_and_uses_its_own_dropouts(stage1, task_tokens, tmp_path):
+    task = (task_tokens[0][:300], task_tokens[1])
     _, s1_vocab, _ = load_artifact(stage1)
     assert "zyzzyva" in s1_vocab.stoi
     learn, _ = finetune_lm(None, None, tmp_path / "lm", Recipe(epochs=1, drop_mult=0.3), pretrained=stage1, bs=4,
@@ -40,7 +40,7 @@ def test_finetuning_keeps_the_stage1_vocabulary_and_uses_its_own_dropouts(stage1
     labels = ["a", "b"] * 150
     clf, m = train_classifier(None, labels, None, ["a", "b"] * 50, tmp_path / "clf",
                               Recipe(epochs=2, drop_mult=0.5, asgd=True, asgd_start_epoch=1, unfreeze_schedule=[1, 3]),
-                              lm=tmp_path / "lm", tokens=(task[0], trec_tokens[0][300:400]), seed=0)
+                              lm=tmp_path / "lm", tokens=(task[0], task_tokens[0][300:400]), seed=0)
     assert clf.dls.vocab == vocab
     assert clf.model.encoder.module.config.weight_p == pytest.approx(0.5 * 0.5)
     assert json.loads((tmp_path / "clf" / "config.json").read_text())["kind"] == "classifier"

@@ -18,6 +18,7 @@ from fastai.callback.core import Callback
 from fastcore.foundation import L
 from fastai.learner import Learner
 
+from .artifact import atomic_write
 from .base import ResumableCallback
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "EpochCheckpoint", "resume_fit", "atomic_save",
@@ -31,19 +32,8 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj, path: str | os.PathLike):
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """``torch.save`` through :func:`~ulmfit_callbacks.artifact.atomic_write` (temporary file, fsync, rename)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _plain(x):

@@ -1,10 +1,17 @@
-"""``ulmfit``: the three ULMFiT stages, evaluation, prediction and a demo from the command line."""
+"""``ulmfit``: the three ULMFiT stages, evaluation, prediction and a demo from the command line.
+
+The CLI only parses and prints: the work is done by :mod:`~ulmfit_callbacks.pipeline` and
+:mod:`~ulmfit_callbacks.demo`. The training flags are generated from the fields of
+:class:`~ulmfit_callbacks.pipeline.Recipe` that each stage uses, so a flag cannot be accepted
+and then ignored; their defaults are the stage's recipe (``--paper`` for the paper's).
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
-import time
 from pathlib import Path
 
 
@@ -13,8 +20,11 @@ class UsageError(Exception):
 
 
 # ----------------------------------------------------------------------------------------- inputs
-def _read_labelled(path: str, text_col: str, label_col: str | None):
-    """Texts (and labels) from a CSV, a folder-per-class tree, or ``bbc`` (the embedded BBC News)."""
+def _read_labelled(path: str, text_col: str, label_col: str | None, training: bool = True):
+    """Texts (and labels) from a CSV, a folder-per-class tree, or ``bbc`` (the embedded BBC News).
+
+    Training skips empty texts and missing labels (and says which rows); evaluation keeps every row.
+    """
     from .data import load_bbc_news, read_folder, read_texts
     if path == "bbc":
         df = load_bbc_news()
@@ -27,7 +37,7 @@ def _read_labelled(path: str, text_col: str, label_col: str | None):
         return texts, (labels if label_col else None)
     if not p.exists():
         raise UsageError(f"no such file or folder: {path}")
-    return read_texts(p, text_col, label_col)
+    return read_texts(p, text_col, label_col, skip_empty=training)
 
 
 def _read_corpus(path: str, text_col: str):
@@ -48,256 +58,355 @@ def _read_corpus(path: str, text_col: str):
     return read_texts(p, text_col)[0], None
 
 
+def _read_lines(path: str) -> list[str]:
+    if not Path(path).exists():
+        raise UsageError(f"no such file: {path}")
+    if path.endswith(".csv"):
+        from .data import read_texts
+        return read_texts(path, "text")[0]
+    return [l for l in Path(path).read_text(encoding="utf-8", errors="replace").splitlines() if l.strip()]
+
+
+# -------------------------------------------------------------------------- device and precision
+def _device(a):
+    import torch
+    from fastai.torch_core import default_device
+    if a.device == "auto":
+        return default_device()
+    try:
+        d = torch.device(a.device)
+    except RuntimeError:
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {a.device!r}") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {a.device}: no CUDA GPU is available here")
+    return d
+
+
+def cpu_has_bf16() -> bool:
+    """AVX-512 bf16 or AMX: oneDNN runs bf16 GEMMs and LSTMs natively."""
+    try:
+        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _precision(a, device) -> tuple[str, list]:
+    """``(name, callbacks)`` for ``--precision``; ``auto`` is bf16 where the hardware has it, else fp32."""
+    import torch
+    p = "bf16" if getattr(a, "bf16", False) else a.precision
+    if p == "auto":
+        ok = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
+        p = "bf16" if ok else "fp32"
+    if p == "bf16":
+        from .precision import BF16Autocast
+        return p, [BF16Autocast()]
+    if p == "fp16":
+        if device.type != "cuda":
+            raise UsageError("--precision fp16 needs a CUDA GPU (fastai's MixedPrecision); on a CPU use bf16 or fp32")
+        from fastai.callback.fp16 import MixedPrecision
+        return p, [MixedPrecision()]
+    return p, []
+
+
+def _setup(a, starts_from: str | None = None):
+    """Device and precision of a command, printed once at its start."""
+    import torch
+    device = _device(a)
+    prec, cbs = _precision(a, device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"ulmfit {a.command}: device {device} ({where}), precision {prec}"
+          + (f"; starts from {starts_from}" if starts_from else ""), flush=True)
+    return device, cbs
+
+
+# ------------------------------------------------------------------------------------ recipe flags
+_STAGE_FIELDS = {
+    "pretrain": ("epochs", "lr", "stlr", "cut_frac", "ratio", "asgd", "nonmono", "asgd_start_epoch", "wd", "drop_mult"),
+    "lm": ("epochs", "lr", "stlr", "cut_frac", "ratio", "discriminative", "decay", "asgd", "nonmono",
+           "asgd_start_epoch", "wd", "drop_mult"),
+    "classifier": ("epochs", "lr", "stlr", "cut_frac", "ratio", "discriminative", "decay", "gradual_unfreezing",
+                   "unfreeze_schedule", "asgd", "nonmono", "asgd_start_epoch", "wd", "drop_mult"),
+}
+_HELP = dict(epochs="training epochs", lr="peak learning rate (STLR's lr_max)", stlr="slanted triangular lrs "
+             "(--no-stlr: fastai's one-cycle)", cut_frac="STLR: fraction of iterations spent rising",
+             ratio="STLR: lr_max / lr_min", discriminative="discriminative lrs (--no-discriminative: one lr)",
+             decay="discriminative lrs: lr of layer l-1 = lr of layer l / decay (paper 2.6)",
+             gradual_unfreezing="gradual unfreezing, last layer first", unfreeze_schedule="epochs of each "
+             "unfreezing step, e.g. 1,1,2", asgd="NT-ASGD weight averaging", nonmono="NT-ASGD non-monotone interval",
+             asgd_start_epoch="average from this epoch on instead of the NT-ASGD trigger", wd="weight decay",
+             drop_mult="multiplies every dropout (fastai's drop_mult)")
+
+
+def _schedule(s: str):
+    try:
+        v = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epoch counts, got {s!r}") from None
+    if not v or min(v) < 1:
+        raise argparse.ArgumentTypeError(f"epoch counts must be >= 1, got {s!r}")
+    return v
+
+
+def _add_recipe(p, stage: str, base):
+    from .pipeline import Recipe
+    g = p.add_argument_group("training recipe (defaults: this stage's recipe, see benchmarks/RESULTS.md)")
+    types = {f.name: f for f in dataclasses.fields(Recipe)}
+    for name in _STAGE_FIELDS[stage]:
+        flag, default = "--" + name.replace("_", "-"), getattr(base, name)
+        if isinstance(default, bool):
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{_HELP[name]} (default: {'on' if default else 'off'})")
+        elif name == "unfreeze_schedule":
+            g.add_argument(flag, type=_schedule, default=None, help=f"{_HELP[name]} (default: one group per epoch)")
+        else:
+            typ = int if types[name].type in ("int", "int | None") else float
+            g.add_argument(flag, type=typ, default=None, help=f"{_HELP[name]} (default: {default})")
+    g.add_argument("--paper", action="store_true", help="start from the paper's recipe instead of ours")
+    g.add_argument("--bs", type=_positive_int, default=32, help="batch size (default: 32)")
+
+
+def _recipe(a, stage: str, base):
+    """``base`` with the recipe flags the user gave; checked before any data are read."""
+    given = {n: getattr(a, n) for n in _STAGE_FIELDS[stage] if getattr(a, n, None) is not None}
+    r = dataclasses.replace(base, **given)
+    checks = [(r.lr > 0, f"--lr must be > 0, got {r.lr}"), (r.epochs >= 1, f"--epochs must be >= 1, got {r.epochs}"),
+              (r.drop_mult >= 0, f"--drop-mult must be >= 0, got {r.drop_mult}"),
+              (r.decay > 0, f"--decay must be > 0, got {r.decay}"),
+              (0 < r.cut_frac < 1, f"--cut-frac must be in (0, 1), got {r.cut_frac}"),
+              (r.ratio >= 1, f"--ratio must be >= 1, got {r.ratio}")]
+    for ok, msg in checks:
+        if not ok:
+            raise UsageError(msg)
+    return r
+
+
+def _model_flags_given(a) -> list[str]:
+    return [f"--{k.replace('_', '-')}" for k in ("emb_sz", "n_hid", "n_layers", "arch") if getattr(a, k) is not None]
+
+
 def _model_config(a):
     from .models.awd_lstm import AWDLSTMConfig
-    return AWDLSTMConfig(emb_sz=a.emb_sz, n_hid=a.n_hid, n_layers=a.n_layers, arch=a.arch)
-
-
-def _recipe(a, classifier=False):
-    from .pipeline import Recipe
-    if a.lr <= 0:
-        raise UsageError(f"--lr must be > 0, got {a.lr}")
-    if a.epochs < 1:
-        raise UsageError(f"--epochs must be >= 1, got {a.epochs}")
-    if a.drop_mult < 0:
-        raise UsageError(f"--drop-mult must be >= 0, got {a.drop_mult}")
-    if a.decay <= 0:
-        raise UsageError(f"--decay must be > 0, got {a.decay}")
-    return Recipe(epochs=a.epochs, lr=a.lr, stlr=not a.no_stlr, discriminative=not a.no_discriminative, decay=a.decay,
-                  gradual_unfreezing=classifier and not getattr(a, "no_gradual_unfreezing", True),
-                  asgd=a.asgd, cut_frac=a.cut_frac, ratio=a.ratio, drop_mult=a.drop_mult)
-
-
-def _extra_cbs(a):
-    from .precision import BF16Autocast
-    return [BF16Autocast()] if a.bf16 else []
+    d = AWDLSTMConfig(emb_sz=200, n_hid=400, n_layers=3)  # the shipped LM's size: CPU-sized
+    return AWDLSTMConfig(emb_sz=a.emb_sz or d.emb_sz, n_hid=a.n_hid or d.n_hid, n_layers=a.n_layers or d.n_layers,
+                         arch=a.arch or d.arch)
 
 
 # --------------------------------------------------------------------------------------- commands
+def cmd_demo(a):
+    from .demo import run_demo
+    pre = None if a.pretrained.lower() == "none" else a.pretrained
+    device, cbs = _setup(a, f"the {pre!r} pretrained LM" if pre else "random weights (--pretrained none)")
+    run_demo(a.out, a.size, a.seed, pretrained=pre, device=device, cbs=cbs)
+
+
 def cmd_pretrain(a):
-    from .pipeline import Recipe, pretrain_lm
-    r = _recipe(a)  # arguments first, data second
+    from .checkpoint import EpochCheckpoint
+    from .pipeline import PAPER_LM, PRETRAIN, pretrain_lm
+    recipe = _recipe(a, "pretrain", dataclasses.replace(PAPER_LM, discriminative=False) if a.paper else PRETRAIN)
+    device, cbs = _setup(a, "random weights (stage 1)")
     train, valid = _read_corpus(a.corpus, a.text_col)
-    recipe = Recipe(epochs=r.epochs, lr=r.lr, stlr=r.stlr, discriminative=False, asgd=r.asgd, drop_mult=r.drop_mult)
+    ckpt = EpochCheckpoint(Path(a.out) / "checkpoint.pt")  # stage 1 takes hours: a resumable state per epoch
     _, m = pretrain_lm(train, valid, a.out, _model_config(a), recipe, backwards=a.backwards, bs=a.bs, bptt=a.bptt,
-                       max_vocab=a.max_vocab, cbs=_extra_cbs(a))
+                       max_vocab=a.max_vocab, cbs=cbs + [ckpt], device=device)
     print(f"stage 1 done: validation perplexity {m['perplexity']:.1f} -> {a.out}")
 
 
 def cmd_finetune_lm(a):
-    from .pipeline import finetune_lm
-    recipe = _recipe(a)
+    from .artifact import resolve_model
+    from .pipeline import DEFAULT_LM, PAPER_LM, finetune_lm
+    recipe = _recipe(a, "lm", PAPER_LM if a.paper else DEFAULT_LM)
+    pre = None if a.pretrained.lower() == "none" else a.pretrained
+    if pre is not None and _model_flags_given(a):
+        raise UsageError(f"{', '.join(_model_flags_given(a))} set the size of a new LM; the pretrained LM "
+                         f"{pre!r} has its own sizes (use --pretrained none to start a new one)")
+    if pre is not None:
+        resolve_model(pre, a.backwards)  # a missing model fails before the data are read
+    device, cbs = _setup(a, f"the pretrained LM {pre!r}" if pre else
+                         "random weights (--pretrained none): expect far weaker classifiers than from a pretrained LM")
     texts, _ = _read_labelled(a.data, a.text_col, None)
-    _, m = finetune_lm(texts, None, a.out, recipe, pretrained=a.pretrained,
-                       config=None if a.pretrained else _model_config(a), backwards=a.backwards, bs=a.bs, bptt=a.bptt,
-                       max_vocab=a.max_vocab, cbs=_extra_cbs(a), keep_pretrained_vocab=a.keep_pretrained_vocab)
+    if a.unlabelled:
+        extra = _read_lines(a.unlabelled)
+        print(f"LM fine-tuning text: {len(texts):,} labelled-file texts + {len(extra):,} unlabelled texts ({a.unlabelled})")
+        texts = texts + extra
+    _, m = finetune_lm(texts, None, a.out, recipe, pretrained=pre, config=None if pre else _model_config(a),
+                       backwards=a.backwards, bs=a.bs, bptt=a.bptt, max_vocab=a.max_vocab, cbs=cbs,
+                       keep_pretrained_vocab=a.keep_pretrained_vocab, device=device)
     print(f"stage 2 done: validation perplexity {m['perplexity']:.1f} -> {a.out}")
 
 
+def _class_weights(spec: str | None, labels, classes):
+    if spec is None:
+        return None
+    import numpy as np
+    import torch
+    if spec == "balanced":
+        counts = np.array([sum(str(l) == str(c) for l in labels) for c in classes], dtype=np.float64)
+        w = len(labels) / (len(classes) * np.maximum(counts, 1))
+    else:
+        try:
+            w = np.array([float(x) for x in spec.split(",")])
+        except ValueError:
+            raise UsageError(f"--class-weights must be 'balanced' or comma-separated numbers, got {spec!r}") from None
+        if len(w) != len(classes):
+            raise UsageError(f"--class-weights has {len(w)} weights for {len(classes)} classes {classes}")
+    print("class weights: " + ", ".join(f"{c} {x:.3g}" for c, x in zip(classes, w)))
+    return torch.tensor(w, dtype=torch.float32)
+
+
 def cmd_train_classifier(a):
-    from .pipeline import load_artifact, train_classifier
-    recipe = _recipe(a, classifier=True)
-    load_artifact(a.lm)  # a missing or foreign LM folder fails before the data are read
+    from fastai.losses import CrossEntropyLossFlat
+    from .data import split_train_valid
+    from .pipeline import DEFAULT_CLASSIFIER, PAPER_CLASSIFIER, SCRATCH_CLASSIFIER, load_artifact, train_classifier
+    meta = load_artifact(a.lm)[0]  # a missing or foreign LM folder fails before the data are read
+    if meta["kind"] != "lm":
+        raise UsageError(f"{a.lm} holds a {meta['kind']}, not a language model")
+    if a.backwards and not meta["backwards"]:
+        raise UsageError(f"{a.lm} is a forward LM: train the backward LM (finetune-lm --backwards) first")
+    lm_m = json.loads((Path(a.lm) / "metrics.json").read_text()) if (Path(a.lm) / "metrics.json").exists() else {}
+    from_scratch = "pretrained" in lm_m and lm_m["pretrained"] is None
+    base = PAPER_CLASSIFIER if a.paper else (SCRATCH_CLASSIFIER if from_scratch else DEFAULT_CLASSIFIER)
+    recipe = _recipe(a, "classifier", base)
+    device, cbs = _setup(a, f"the fine-tuned LM {a.lm} ({'backward' if meta['backwards'] else 'forward'})")
+    if from_scratch and not a.paper:
+        print("the LM was fine-tuned from random weights, so the classifier trains every layer from the start "
+              "with one lr (no gradual unfreezing, no discriminative lrs): a random encoder gives the head nothing "
+              "to start from")
     texts, labels = _read_labelled(a.data, a.text_col, a.label_col)
-    vt, vl = _read_labelled(a.valid, a.text_col, a.label_col) if a.valid else (None, None)
-    if vt is None:
-        from .data import _split_valid
-        tr, va = _split_valid(len(texts), 0.1, a.seed)
-        vt, vl = [texts[i] for i in va], [labels[i] for i in va]
-        texts, labels = [texts[i] for i in tr], [labels[i] for i in tr]
-    _, m = train_classifier(texts, labels, vt, vl, a.out, recipe, lm=a.lm, backwards=a.backwards,
-                            bs=a.bs, max_tokens=a.max_tokens, multi_label=a.multi_label, seed=a.seed, cbs=_extra_cbs(a))
+    if a.valid:
+        vt, vl = _read_labelled(a.valid, a.text_col, a.label_col)
+    else:
+        (texts, labels), (vt, vl) = split_train_valid(texts, labels, 0.1, a.seed)
+    loss = None
+    if a.class_weights:
+        if a.multi_label:
+            raise UsageError("--class-weights is for single-label data")
+        classes = sorted({str(l) for l in labels})
+        loss = CrossEntropyLossFlat(weight=_class_weights(a.class_weights, labels, classes).to(device))
+    _, m = train_classifier(texts, labels, vt, vl, a.out, recipe, lm=a.lm, backwards=meta["backwards"], bs=a.bs,
+                            max_tokens=a.max_tokens, multi_label=a.multi_label, seed=a.seed, cbs=cbs, loss_func=loss,
+                            classes=sorted({str(l) for l in labels}) if a.class_weights else None, device=device)
     print(f"stage 3 done: validation accuracy {m['accuracy']:.4f} -> {a.out}")
 
 
-def _classifiers(model_dir: str):
+def _classifiers(model_dir: str, device):
     """One classifier folder, or a run folder with clf_fwd and/or clf_bwd (then the ensemble)."""
     from .ensemble import ForwardBackwardEnsemble
     from .pipeline import load_classifier
     p = Path(model_dir)
     if (p / "config.json").exists():
-        return load_classifier(p), None
+        return load_classifier(p, device), None
     fwd, bwd = p / "clf_fwd", p / "clf_bwd"
     if not fwd.exists() and not bwd.exists():
         raise UsageError(f"{model_dir} is neither a classifier folder nor a run folder with clf_fwd / clf_bwd")
     if fwd.exists() and bwd.exists():
-        ens = ForwardBackwardEnsemble(load_classifier(fwd), load_classifier(bwd))
-        return None, ens
-    return load_classifier(fwd if fwd.exists() else bwd), None
+        return None, ForwardBackwardEnsemble(load_classifier(fwd, device), load_classifier(bwd, device))
+    return load_classifier(fwd if fwd.exists() else bwd, device), None
 
 
-def _predict_probs(model_dir, texts):
-    from .ensemble import predict_texts
-    learn, ens = _classifiers(model_dir)
-    if ens is not None:
-        return ens.get_preds(texts)[0], ens.classes
-    return predict_texts(learn, texts), list(learn.dls.classes)
+def _predict_probs(model_dir, texts, device):
+    """``(probs, classes, multi_label)``; batched with a progress line on large inputs."""
+    import torch
+    from .data import tokenize
+    from .ensemble import predict_tokens
+    learn, ens = _classifiers(model_dir, device)
+    one = learn or ens.forward
+    out, step = [], 2000
+    for i in range(0, len(texts), step):
+        toks = tokenize(texts[i: i + step], n_workers=min(2, os.cpu_count() or 1))
+        out.append(ens.predict_proba(tokens=toks)["ensemble"] if ens is not None else predict_tokens(learn, toks))
+        if len(texts) > step:
+            print(f"  predicted {min(i + step, len(texts)):,} / {len(texts):,} texts", file=sys.stderr, flush=True)
+    return torch.cat(out).numpy(), [str(c) for c in one.dls.classes], bool(one.dls.multi_label)
 
 
 def cmd_evaluate(a):
-    texts, labels = _read_labelled(a.data, a.text_col, a.label_col)
-    probs, classes = _predict_probs(a.model, texts)
-    pred = [classes[i] for i in probs.argmax(1).tolist()]
-    unknown = sorted({str(l) for l in labels} - set(map(str, classes)))
-    if unknown:
-        raise UsageError(f"labels {unknown[:5]} were never seen in training (classes: {classes})")
-    acc = sum(str(p) == str(l) for p, l in zip(pred, labels)) / len(labels)
-    print(f"accuracy {acc:.4f} on {len(labels)} texts ({a.data})")
-    print(_report([str(l) for l in labels], pred, [str(c) for c in classes]))
+    import numpy as np
+    from .evaluation import classification_metrics, classification_report_text, confusion_png
+    if a.baseline and not a.train:
+        raise UsageError("--baseline fits TF-IDF + logistic regression on --train FILE (the labelled training data)")
+    device, _ = _setup(a, f"the classifier(s) in {a.model}")
+    texts, labels = _read_labelled(a.data, a.text_col, a.label_col, training=False)
+    probs, classes, multi = _predict_probs(a.model, texts, device)
+    if not multi:
+        unknown = sorted({str(l) for l in labels} - set(classes))
+        if unknown:
+            raise UsageError(f"labels {unknown[:5]} were never seen in training (classes: {classes})")
+    m = classification_metrics(labels, probs, classes, multi_label=multi, threshold=a.threshold)
+    res = {"ulmfit": m}
+    if multi:
+        print(f"subset accuracy {m['subset_accuracy']:.4f}, micro-F1 {m['micro_f1']:.4f}, macro-F1 {m['macro_f1']:.4f} "
+              f"on {m['n']} texts ({a.data})")
+        print("per-label F1: " + ", ".join(f"{c} {f:.3f}" for c, f in m["per_label_f1"].items()))
+    else:
+        pred = [classes[i] for i in np.asarray(probs).argmax(1)]
+        print(f"accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} on {m['n']} texts ({a.data})")
+        print(classification_report_text(labels, pred, classes))
+        if a.confusion:
+            confusion_png(labels, pred, classes, a.confusion, f"{Path(a.data).name}: {Path(a.model).name}")
+            print(f"confusion matrix -> {a.confusion}")
+    if a.baseline:
+        from .baseline import TfidfBaseline
+        tt, tl = _read_labelled(a.train, a.text_col, a.label_col)
+        b = TfidfBaseline().fit(tt, tl)
+        bm = classification_metrics(labels, _align(b.predict_proba(texts), b.classes, classes), classes)
+        res["tfidf_lr"] = bm
+        if not multi:
+            print(f"baseline TF-IDF 1-2 grams + logistic regression (fitted on {len(tt):,} texts of {a.train}): "
+                  f"accuracy {bm['accuracy']:.4f}, macro-F1 {bm['macro_f1']:.4f}")
+            print(f"ULMFiT - baseline: {100 * (m['accuracy'] - bm['accuracy']):+.2f} accuracy points")
+    if a.json:
+        from .artifact import write_json
+        write_json(a.json, res)
+        print(f"metrics -> {a.json}")
+
+
+def _align(p, from_classes, to_classes):
+    import numpy as np
+    out = np.zeros((len(p), len(to_classes)))
+    for j, c in enumerate(from_classes):
+        if c in to_classes:
+            out[:, to_classes.index(c)] = p[:, j]
+    return out
 
 
 def cmd_predict(a):
+    import pandas as pd
+    from .evaluation import predict_dataframe
+    if a.csv:
+        if not a.out:
+            raise UsageError("--csv needs --out (a CSV path, or - for standard output)")
+        if a.texts or a.file:
+            raise UsageError("give texts as arguments / --file, or --csv, not both")
+        from .data import read_csv
+        df = pd.read_csv(sys.stdin, dtype=str, keep_default_na=False) if a.csv == "-" else read_csv(a.csv)
+        if a.text_col not in df.columns:
+            raise UsageError(f"{a.csv} has no column {a.text_col!r}; columns are {list(df.columns)}")
+        device, _ = _setup(a, f"the classifier(s) in {a.model}")
+        probs, classes, multi = _predict_probs(a.model, df[a.text_col].tolist(), device)
+        res = predict_dataframe(df, probs, classes, a.text_col, multi, a.threshold)
+        if a.out == "-":
+            res.to_csv(sys.stdout, index=False)
+        else:
+            from .artifact import atomic_write
+            atomic_write(a.out, res.to_csv(index=False))
+            print(f"{len(res):,} rows -> {a.out}")
+        return
     texts = list(a.texts)
     if a.file:
-        texts += [l for l in Path(a.file).read_text(encoding="utf-8").splitlines() if l.strip()]
+        texts += _read_lines(a.file)
     if not texts and not sys.stdin.isatty():
         texts = [l for l in sys.stdin.read().splitlines() if l.strip()]
     if not texts:
-        raise UsageError("nothing to predict: give texts as arguments, --file, or on standard input")
-    probs, classes = _predict_probs(a.model, texts)
-    for t, p in zip(texts, probs):
-        i = int(p.argmax())
-        print(f"{classes[i]}\t{float(p[i]):.3f}\t{t[:80]}")
-
-
-def _report(y_true, y_pred, classes) -> str:
-    try:
-        from sklearn.metrics import classification_report
-        return classification_report(y_true, y_pred, labels=classes, digits=3, zero_division=0)
-    except ImportError:
-        return ""
-
-
-def _confusion_png(y_true, y_pred, classes, path: Path, title: str):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    idx = {c: i for i, c in enumerate(classes)}
-    cm = np.zeros((len(classes), len(classes)), dtype=int)
-    for t, p in zip(y_true, y_pred):
-        cm[idx[t], idx[p]] += 1
-    fig, ax = plt.subplots(figsize=(5.5, 4.8))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, cm[i, j], ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-DEMO_SIZES = {  # CPU-sized: the whole demo takes about 10 minutes on 2 cores
-    "full": dict(emb_sz=64, n_hid=256, n_layers=2, max_vocab=8000, lm_epochs=2, clf_epochs=8, unfreeze=[1, 2],
-                 max_tokens=400, pretrain_tokens=600_000),
-    "tiny": dict(emb_sz=16, n_hid=32, n_layers=2, max_vocab=2000, lm_epochs=1, clf_epochs=2, unfreeze=None,
-                 max_tokens=60, pretrain_tokens=20_000, n_docs=300),
-}
-
-
-def cmd_demo(a):
-    """All three stages on the embedded BBC News data; forward, backward and the ensemble."""
-    import numpy as np
-    import torch
-
-    from .data import load_bbc_news, tokenize
-    from .ensemble import ForwardBackwardEnsemble, predict_tokens
-    from .models.awd_lstm import AWDLSTMConfig
-    from .pipeline import Recipe, finetune_lm, load_classifier, pretrain_lm, train_classifier, write_json
-
-    size = DEMO_SIZES[a.size]
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    torch.manual_seed(a.seed)
-    print("== ULMFiT demo: BBC News (2,225 articles, 5 classes), CPU-sized AWD-LSTM ==")
-    df = load_bbc_news()
-    if "n_docs" in size:
-        df = df.sample(size["n_docs"], random_state=a.seed).reset_index(drop=True)
-    perm = np.random.default_rng(a.seed).permutation(len(df))
-    n_test, n_valid = int(0.2 * len(df)), int(0.1 * len(df))
-    test, valid, train = perm[:n_test], perm[n_test: n_test + n_valid], perm[n_test + n_valid:]
-    print(f"split: {len(train)} train / {len(valid)} valid / {len(test)} test; tokenising...")
-    toks = tokenize(df.text.tolist(), n_workers=min(2, os.cpu_count() or 1))
-    pick = lambda idx: [toks[i] for i in idx]  # noqa: E731
-    labels = df.label.tolist()
-    config = AWDLSTMConfig(emb_sz=size["emb_sz"], n_hid=size["n_hid"], n_layers=size["n_layers"])
-    if not a.general_corpus and not a.pretrained:
-        print("stage 1 skipped: no --general-corpus or --pretrained given, so the LM starts from random weights")
-    for direction, backwards in (("fwd", False), ("bwd", True)):
-        pretrained = _stage1_folder(a.pretrained, backwards) if a.pretrained else None
-        if a.general_corpus and not a.pretrained:
-            gtrain, gvalid = _read_corpus(a.general_corpus, "text")
-            gtoks = _take_tokens(gtrain, size["pretrain_tokens"])
-            gvtoks = tokenize((gvalid or gtrain[-200:])[:300])
-            print(f"[{direction}] stage 1: pretraining on {sum(map(len, gtoks)):,} tokens of {a.general_corpus}")
-            pretrained = out / f"general_{direction}"
-            _, g = pretrain_lm(None, None, pretrained, config, Recipe(epochs=1, lr=a.lr_lm), backwards=backwards,
-                               max_vocab=size["max_vocab"] * 2, tokens=(gtoks, gvtoks), seed=a.seed)
-            print(f"[{direction}] stage 1 validation perplexity {g['perplexity']:.1f}")
-        print(f"[{direction}] stage 2: fine-tuning the LM on the BBC training texts")
-        _, lm_m = finetune_lm(None, None, out / f"lm_{direction}", Recipe(epochs=size["lm_epochs"], lr=a.lr_lm),
-                              pretrained=pretrained, config=config, backwards=backwards, max_vocab=size["max_vocab"],
-                              tokens=(pick(train), pick(valid)), seed=a.seed)
-        print(f"[{direction}] LM validation perplexity {lm_m['perplexity']:.1f}")
-        print(f"[{direction}] stage 3: classifier with gradual unfreezing, discriminative lrs and STLR")
-        train_classifier(None, [labels[i] for i in train], None, [labels[i] for i in valid],
-                         out / f"clf_{direction}",
-                         Recipe(epochs=size["clf_epochs"], lr=a.lr_clf, unfreeze_schedule=size["unfreeze"]),
-                         lm=out / f"lm_{direction}", backwards=backwards, max_tokens=size["max_tokens"],
-                         tokens=(pick(train), pick(valid)), seed=a.seed)
-    fwd, bwd = load_classifier(out / "clf_fwd"), load_classifier(out / "clf_bwd")
-    ens = ForwardBackwardEnsemble(fwd, bwd)
-    y = [labels[i] for i in test]
-    probs = {name: predict_tokens(learn, pick(test), max_tokens=size["max_tokens"])
-             for name, learn in (("forward", fwd), ("backward", bwd))}
-    probs["ensemble"] = (probs["forward"] + probs["backward"]) / 2  # the ensemble's rule: mean probability
-    classes = ens.classes
-    print("\n== test accuracy (%d held-out articles) ==" % len(test))
-    summary = {}
-    for name, p in probs.items():
-        pred = [classes[i] for i in p.argmax(1).tolist()]
-        acc = float(np.mean([a_ == b_ for a_, b_ in zip(pred, y)]))
-        summary[name] = acc
-        print(f"  {name:9s} {acc:.4f}")
-    pred = [classes[i] for i in probs["ensemble"].argmax(1).tolist()]
-    print("\nper-class report (ensemble):\n" + _report(y, pred, classes))
-    _confusion_png(y, pred, classes, out / "confusion_matrix.png", "BBC News test, forward+backward ensemble")
-    minutes = (time.time() - t0) / 60
-    write_json(out / "results.json", dict(test_accuracy=summary, n_test=len(test), minutes=round(minutes, 2),
-                                          stage1=bool(a.general_corpus or a.pretrained), size=a.size))
-    print(f"saved: {out}/results.json, confusion_matrix.png, clf_fwd/lr_per_group.png, model folders; "
-          f"took {minutes:.1f} min")
-    print(f"try:   ulmfit predict --model {out} \"Shares rose after the bank cut interest rates\"")
-
-
-def _stage1_folder(pretrained: str, backwards: bool) -> Path:
-    """The stage-1 LM of one direction: ``DIR/general_fwd|bwd`` (as the demo writes them) or ``DIR`` itself."""
-    from .pipeline import load_artifact
-    p = Path(pretrained) / f"general_{'bwd' if backwards else 'fwd'}"
-    p = p if p.exists() else Path(pretrained)
-    meta = load_artifact(p)[0]
-    if meta["backwards"] != backwards:
-        raise UsageError(f"{p} is a {'backward' if meta['backwards'] else 'forward'} LM; the demo needs both "
-                         "directions: pass a folder with general_fwd and general_bwd (as the demo writes)")
-    return p
-
-
-def _take_tokens(texts, n_tokens):
-    from .data import tokenize
-    out, total = [], 0
-    for i in range(0, len(texts), 500):
-        for t in tokenize(texts[i: i + 500], n_workers=min(2, os.cpu_count() or 1)):
-            out.append(t)
-            total += len(t)
-            if total >= n_tokens:
-                return out
-    return out
+        raise UsageError("nothing to predict: give texts as arguments, --file, --csv, or on standard input")
+    device, _ = _setup(a)
+    probs, classes, multi = _predict_probs(a.model, texts, device)
+    res = predict_dataframe(pd.DataFrame({"text": texts}), probs, classes, "text", multi, a.threshold)
+    for _, r in res.iterrows():
+        if multi:
+            print(f"{r['predicted_labels']}\t{r['text']}")
+        else:
+            print(f"{r['predicted_label']}\t{r['probability']:.3f}\t{r['text']}")
 
 
 # ----------------------------------------------------------------------------------------- parser
@@ -308,96 +417,110 @@ def _positive_int(s):
     return v
 
 
-def _add_training(p, lr, epochs, classifier=False):
-    p.add_argument("--epochs", type=_positive_int, default=epochs, help=f"training epochs (default {epochs})")
-    p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate of STLR (default {lr})")
-    p.add_argument("--cut-frac", type=float, default=0.1, help="STLR: fraction of iterations spent rising (0.1)")
-    p.add_argument("--ratio", type=float, default=32, help="STLR: lr_max / lr_min (32)")
-    p.add_argument("--no-stlr", action="store_true", help="one-cycle schedule instead of slanted triangular lrs")
-    p.add_argument("--no-discriminative", action="store_true", help="same lr for every layer")
-    p.add_argument("--decay", type=float, default=2.6,
-                   help="discriminative lrs: lr of layer l-1 = lr of layer l / decay (paper: 2.6)")
-    if classifier:
-        p.add_argument("--no-gradual-unfreezing", action="store_true", help="train all layers from the start")
-    p.add_argument("--asgd", action="store_true", help="NT-ASGD weight averaging")
-    p.add_argument("--bs", type=_positive_int, default=32, help="batch size (32)")
-    p.add_argument("--drop-mult", type=float, default=1.0, help="multiplies every dropout (fastai's drop_mult)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CPUs with AVX-512/AMX, recent GPUs)")
+def _add_hardware(p):
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N "
+                   "(default: auto)")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: bf16 where the CPU (AVX-512 bf16 / AMX) or GPU has it, else fp32; fp16: CUDA only "
+                   "(default: auto)")
+    g.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)  # earlier spelling of --precision bf16
 
 
 def _add_model(p):
-    p.add_argument("--emb-sz", type=_positive_int, default=400, help="embedding size (paper: 400)")
-    p.add_argument("--n-hid", type=_positive_int, default=1152, help="LSTM hidden size (paper: 1152)")
-    p.add_argument("--n-layers", type=_positive_int, default=3, help="LSTM layers (paper: 3)")
-    p.add_argument("--arch", choices=["lstm", "qrnn"], default="lstm", help="recurrent layers: AWD-LSTM or QRNN")
+    g = p.add_argument_group("new model size (default: the shipped LM's 200/400/3; the paper's is 400/1152/3)")
+    g.add_argument("--emb-sz", type=_positive_int, default=None, help="embedding size")
+    g.add_argument("--n-hid", type=_positive_int, default=None, help="LSTM hidden size")
+    g.add_argument("--n-layers", type=_positive_int, default=None, help="LSTM layers")
+    g.add_argument("--arch", choices=["lstm", "qrnn"], default=None, help="recurrent layers (default: lstm)")
 
 
 def _add_lm(p):
     """Options shared by the two LM stages."""
     p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--text-col", default="text")
+    p.add_argument("--text-col", default="text", help="text column of a CSV (default: text)")
     p.add_argument("--backwards", action="store_true", help="train the backward LM (reversed token order)")
-    p.add_argument("--bptt", type=_positive_int, default=70)
-    p.add_argument("--max-vocab", type=_positive_int, default=30000)
-    _add_model(p)
-    _add_training(p, lr=1e-2, epochs=1)
+    p.add_argument("--bptt", type=_positive_int, default=70, help="BPTT length (default: 70)")
+    p.add_argument("--max-vocab", type=_positive_int, default=30000, help="vocabulary size cap (default: 30000)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .pipeline import DEFAULT_CLASSIFIER, DEFAULT_LM, PRETRAIN
     ap = argparse.ArgumentParser(prog="ulmfit", description="ULMFiT (Howard & Ruder 2018) on fastai: pretrain an "
-                                 "AWD-LSTM LM, fine-tune it on your texts, then train a text classifier on top.",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 "AWD-LSTM LM, fine-tune it on your texts, then train a text classifier on top.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="all three stages on the embedded BBC News data (about 10 min on 2 CPU cores)")
-    p.add_argument("--out", default="runs/demo", help="folder for models, metrics and plots")
-    p.add_argument("--general-corpus", help="stage 1 on this corpus (CSV, folder with train.csv, or .txt files), "
-                   "e.g. ../shared/data/general")
-    p.add_argument("--pretrained", help="a stage-1 model folder (from `ulmfit pretrain`) instead of stage 1")
-    p.add_argument("--size", choices=sorted(DEMO_SIZES), default="full", help="'tiny' is a one-minute smoke run")
-    p.add_argument("--lr-lm", type=float, default=1e-2, help="peak lr of LM fine-tuning")
-    p.add_argument("--lr-clf", type=float, default=2e-2, help="peak lr of the classifier")
-    p.add_argument("--seed", type=int, default=42)
+    p = sub.add_parser("demo", help="all three stages on the embedded BBC News data, beside TF-IDF (about 10 min)")
+    p.add_argument("--out", default="runs/demo", help="folder for models, metrics and plots (default: runs/demo)")
+    p.add_argument("--pretrained", default="general", help="stage-1 LM: 'general' (shipped), a folder with fwd/bwd "
+                   "model folders, a hub id, or 'none' for random weights (default: general)")
+    p.add_argument("--size", choices=["full", "tiny"], default="full", help="'tiny' is a one-minute smoke run")
+    p.add_argument("--seed", type=int, default=42, help="seed of the split and the training (default: 42)")
+    _add_hardware(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("pretrain", help="stage 1: train the LM on a general-domain corpus")
     p.add_argument("corpus", help="CSV with a text column, a folder with train.csv (+ valid.csv), or .txt files")
     _add_lm(p)
+    _add_model(p)
+    _add_recipe(p, "pretrain", PRETRAIN)
+    _add_hardware(p)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("finetune-lm", help="stage 2: fine-tune the LM on the target task's texts")
     p.add_argument("data", help="CSV, folder-per-class tree, or 'bbc'")
-    p.add_argument("--pretrained", help="stage-1 model folder (omit to start from random weights)")
+    p.add_argument("--pretrained", default="general", help="stage-1 LM: 'general' (shipped with the package), a model "
+                   "folder, a Hugging Face Hub id, or 'none' for random weights (default: general)")
+    p.add_argument("--unlabelled", help="more text for LM fine-tuning: a .txt file (one text per line) or a CSV "
+                   "with a text column")
     p.add_argument("--keep-pretrained-vocab", action="store_true",
                    help="also keep the stage-1 tokens the task text lacks (they keep their pretrained embeddings)")
     _add_lm(p)
+    _add_model(p)
+    _add_recipe(p, "lm", DEFAULT_LM)
+    _add_hardware(p)
     p.set_defaults(func=cmd_finetune_lm)
 
     p = sub.add_parser("train-classifier", help="stage 3: train the classifier on the fine-tuned LM")
     p.add_argument("data", help="labelled CSV, folder-per-class tree, or 'bbc'")
     p.add_argument("--lm", required=True, help="stage-2 model folder (its vocabulary and direction are used)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--valid", help="labelled validation data (default: 10%% of the training rows)")
-    p.add_argument("--text-col", default="text")
-    p.add_argument("--label-col", default="label")
-    p.add_argument("--backwards", action="store_true")
+    p.add_argument("--text-col", default="text", help="(default: text)")
+    p.add_argument("--label-col", default="label", help="(default: label)")
+    p.add_argument("--backwards", action="store_true", help="check that --lm is a backward LM (the direction is "
+                   "always the LM's)")
     p.add_argument("--multi-label", action="store_true", help="labels joined by ';', sigmoid outputs")
-    p.add_argument("--max-tokens", type=_positive_int, help="keep the first N tokens of each document")
-    p.add_argument("--seed", type=int, default=42)
-    _add_training(p, lr=1e-2, epochs=4, classifier=True)
+    p.add_argument("--max-tokens", type=_positive_int, help="keep the first N tokens of each document (saved with "
+                   "the model and used again by evaluate and predict; default: all)")
+    p.add_argument("--class-weights", help="'balanced' or comma-separated weights in sorted class order")
+    p.add_argument("--seed", type=int, default=42, help="(default: 42)")
+    _add_recipe(p, "classifier", DEFAULT_CLASSIFIER)
+    _add_hardware(p)
     p.set_defaults(func=cmd_train_classifier)
 
-    p = sub.add_parser("evaluate", help="accuracy and per-class report on labelled data")
+    p = sub.add_parser("evaluate", help="accuracy, macro-F1 and per-class report on labelled data")
     p.add_argument("data", help="labelled CSV, folder-per-class tree, or 'bbc'")
     p.add_argument("--model", required=True, help="classifier folder, or run folder with clf_fwd and clf_bwd")
-    p.add_argument("--text-col", default="text")
-    p.add_argument("--label-col", default="label")
+    p.add_argument("--text-col", default="text", help="(default: text)")
+    p.add_argument("--label-col", default="label", help="(default: label)")
+    p.add_argument("--baseline", action="store_true", help="also TF-IDF + logistic regression fitted on --train")
+    p.add_argument("--train", help="the labelled training data, for --baseline")
+    p.add_argument("--json", help="write the metrics as JSON to this path")
+    p.add_argument("--confusion", help="write the confusion matrix as a PNG to this path")
+    p.add_argument("--threshold", type=float, default=0.5, help="multi-label decision threshold (default: 0.5)")
+    _add_hardware(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="classify texts (arguments, --file, or standard input)")
+    p = sub.add_parser("predict", help="classify texts (arguments, --file, standard input, or --csv)")
     p.add_argument("texts", nargs="*")
     p.add_argument("--model", required=True, help="classifier folder, or run folder (forward+backward ensemble)")
     p.add_argument("--file", help="one text per line")
+    p.add_argument("--csv", help="CSV in ('-' for standard input): every column is kept in the output")
+    p.add_argument("--out", help="CSV out for --csv ('-' for standard output)")
+    p.add_argument("--text-col", default="text", help="text column of --csv (default: text)")
+    p.add_argument("--threshold", type=float, default=0.5, help="multi-label decision threshold (default: 0.5)")
+    _add_hardware(p)
     p.set_defaults(func=cmd_predict)
     return ap
 
@@ -406,9 +529,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (UsageError, FileNotFoundError, ValueError, KeyError) as e:
+    except (UsageError, FileNotFoundError) as e:
         print(f"ulmfit {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except ValueError as e:  # the library's checks of data and arguments
+        print(f"ulmfit {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 import torch
 from fastai.data.core import DataLoaders
+from fastai.torch_core import default_device
 
 __all__ = ["SPECIAL_TOKENS", "Vocab", "tokenize", "read_texts", "read_folder", "bbc_news_path", "load_bbc_news",
            "LMLoader", "ClassifierLoader", "ULMFiTDataLoaders", "lm_dataloaders", "classifier_dataloaders",
-           "numericalize"]
+           "numericalize", "read_csv", "split_train_valid"]
 
 # fastai's special tokens, in fastai's order (UNK=0, PAD=1, BOS=2, ...).
 SPECIAL_TOKENS = ["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj"]
@@ -70,63 +71,102 @@ class Vocab:
         return np.fromiter((self.stoi.get(t, UNK_IDX) for t in tokens), dtype=np.int64, count=len(tokens))
 
     def save(self, path: str | os.PathLike):
-        _atomic_write_text(Path(path), json.dumps({"itos": self.itos}))
+        from .artifact import atomic_write
+        atomic_write(path, json.dumps({"itos": self.itos}))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Vocab":
         return cls(json.loads(Path(path).read_text(encoding="utf-8"))["itos"])
 
 
-def _atomic_write_text(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------- tokenising
+MAX_PIECE_CHARS = 200_000  # spaCy refuses texts over nlp.max_length (1,000,000 characters)
+
+
+def _pieces(text: str, size: int = MAX_PIECE_CHARS) -> list[str]:
+    """``text`` cut at whitespace into pieces of at most about ``size`` characters."""
+    out, i = [], 0
+    while len(text) - i > size:
+        j = text.rfind(" ", i + size // 2, i + size)
+        j = i + size if j < 0 else j
+        out.append(text[i:j])
+        i = j
+    return out + [text[i:]]
+
+
 def tokenize(texts: Sequence[str], n_workers: int = 0) -> list[list[str]]:
-    """fastai's default tokenisation (spaCy blank English + fastai's rules), in input order."""
+    """fastai's default tokenisation (spaCy blank English + fastai's rules), in input order.
+
+    Texts of any length: a text over ``MAX_PIECE_CHARS`` characters is tokenised in pieces cut
+    at whitespace and the pieces' tokens are joined (one ``xxbos`` at the start).
+    """
     from fastai.text.core import SpacyTokenizer, tokenize_texts
     texts = [str(t) for t in texts]
-    return [list(map(str, toks)) for toks in tokenize_texts(texts, n_workers=n_workers, tok=SpacyTokenizer())]
+    flat, owner = [], []
+    for i, t in enumerate(texts):
+        ps = _pieces(t) if len(t) > MAX_PIECE_CHARS else [t]
+        flat += ps
+        owner += [i] * len(ps)
+    toks = tokenize_texts(flat, n_workers=n_workers, tok=SpacyTokenizer()) if flat else []
+    out: list[list[str]] = [[] for _ in texts]
+    for i, tk in zip(owner, toks):
+        tk = list(map(str, tk))
+        out[i] += tk[1:] if out[i] and tk[:1] == ["xxbos"] else tk
+    return out
 
 
-def _check_texts(texts: pd.Series, where: str) -> list[str]:
-    bad = texts.isna() | (texts.astype(str).str.strip() == "")
-    if bad.any():
-        rows = list(texts.index[bad][:5])
-        raise ValueError(f"{where}: {int(bad.sum())} empty, whitespace-only or missing text(s), e.g. rows {rows}; "
-                         "drop or fill them first")
-    return texts.astype(str).tolist()
+def read_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """A CSV with every column read as text: the words ``None``, ``NA``, ``null``, ``nan``... stay
+    words (pandas would turn them into missing values), and empty fields are ``""``."""
+    where = str(path)
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no such CSV file: {path}")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{where} is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where} is not a readable CSV file ({e})") from None
 
 
-def read_texts(data: pd.DataFrame | str | os.PathLike, text_col: str = "text",
-               label_col: str | None = None) -> tuple[list[str], list | None]:
-    """Texts (and labels) from a DataFrame or a CSV path, with clear errors for bad input."""
+def _blank(col: pd.Series) -> pd.Series:
+    return col.isna() | (col.astype(str).str.strip() == "")
+
+
+def read_texts(data: pd.DataFrame | str | os.PathLike, text_col: str = "text", label_col: str | None = None,
+               skip_empty: bool = True, log=print) -> tuple[list[str], list | None]:
+    """Texts (and labels) from a DataFrame or a CSV path (read by :func:`read_csv`).
+
+    ``skip_empty`` (training): rows whose text is empty or whitespace-only, or whose label is
+    missing, are left out, and ``log`` says how many and which rows. ``skip_empty=False``
+    (evaluation, prediction): every row is kept, in order; empty texts stay ``""``.
+    """
     where = "DataFrame"
     if not isinstance(data, pd.DataFrame):
         where = str(data)
-        if not Path(data).exists():
-            raise FileNotFoundError(f"no such CSV file: {data}")
-        try:
-            data = pd.read_csv(data)
-        except pd.errors.EmptyDataError:
-            raise ValueError(f"{where} is empty") from None
-        except (pd.errors.ParserError, UnicodeDecodeError) as e:
-            raise ValueError(f"{where} is not a readable CSV file ({e})") from None
+        data = read_csv(data)
     if len(data) == 0:
         raise ValueError(f"{where} has no rows")
     for col in [text_col] + ([label_col] if label_col else []):
         if col not in data.columns:
             raise ValueError(f"{where} has no column {col!r}; columns are {list(data.columns)}")
-    texts = _check_texts(data[text_col], where)
+    keep = pd.Series(True, index=data.index)
+    if skip_empty:
+        for col, what in [(text_col, "empty or whitespace-only text")] + \
+                         ([(label_col, "missing label")] if label_col else []):
+            bad = _blank(data[col]) & keep
+            if bad.any():
+                rows = [int(i) for i in data.index[bad][:10]]
+                more = " ..." if bad.sum() > 10 else ""
+                log(f"{where}: skipped {int(bad.sum())} row(s) with {what} (rows {rows}{more})")
+                keep &= ~bad
+        if not keep.any():
+            raise ValueError(f"{where}: no row has a text" + (" and a label" if label_col else ""))
+    data = data[keep]
+    texts = ["" if pd.isna(t) else str(t) for t in data[text_col]]
     if label_col is None:
         return texts, None
-    labels = data[label_col]
-    if labels.isna().any():
-        raise ValueError(f"{where}: {int(labels.isna().sum())} missing label(s) in column {label_col!r}, "
-                         f"e.g. rows {list(labels.index[labels.isna()][:5])}")
-    return texts, labels.tolist()
+    return texts, data[label_col].tolist()
 
 
 def read_folder(path: str | os.PathLike, encoding_errors: str = "replace") -> tuple[list[str], list[str], list[Path], list[Path]]:
@@ -307,8 +347,13 @@ class ClassifierLoader(_Loader):
         self.device = torch.device(device) if device is not None else None
         self._get_idxs = get_idxs
 
+    @property
+    def drop_last(self) -> bool:
+        """Training drops a last batch of one row (BatchNorm cannot train on it); other batches are kept."""
+        return self.shuffle and self.n_items > 1 and self.n_items % self.bs == 1
+
     def __len__(self) -> int:
-        return math.ceil(self.n_items / self.bs)
+        return math.ceil(self.n_items / self.bs) - int(self.drop_last)
 
     def get_idxs(self) -> list[int]:
         if self._get_idxs is not None:
@@ -334,6 +379,8 @@ class ClassifierLoader(_Loader):
         idxs = self.get_idxs()
         for i in range(0, len(idxs), self.bs):
             b = idxs[i: i + self.bs]
+            if len(b) == 1 and self.drop_last:
+                return
             yield self._out(self.pad(b)), self._out(self.labels[b])
 
     def new(self, docs=None, labels=None, **kwargs) -> "ClassifierLoader":
@@ -345,18 +392,22 @@ class ClassifierLoader(_Loader):
 
 
 class ULMFiTDataLoaders(DataLoaders):
-    """fastai ``DataLoaders`` of our loaders, with the vocabulary, direction and classes attached."""
+    """fastai ``DataLoaders`` of our loaders, with the vocabulary, direction and classes attached.
+
+    ``device``: where batches (and so the learner's model) go; ``None`` means fastai's
+    ``default_device()`` (the GPU when there is one), as fastai's own ``DataLoaders`` do.
+    """
 
     def __init__(self, *loaders, vocab: Vocab, backwards: bool = False, kind: str = "lm",
                  classes: list | None = None, multi_label: bool = False, path=".", device=None):
-        super().__init__(*loaders, path=path, device=device)
+        super().__init__(*loaders, path=path, device=default_device() if device is None else torch.device(device))
         self.vocab, self.backwards, self.kind = vocab, backwards, kind
         self.classes, self.multi_label = classes, multi_label
 
     def new_empty(self):
         empty = [dl.new(docs=[], labels=[]) if isinstance(dl, ClassifierLoader) else dl.new(docs=[]) for dl in self.loaders]
         return type(self)(*empty, vocab=self.vocab, backwards=self.backwards, kind=self.kind, classes=self.classes,
-                          multi_label=self.multi_label, path=self.path)
+                          multi_label=self.multi_label, path=self.path, device=self.device)
 
     @property
     def meta(self) -> dict:
@@ -365,14 +416,19 @@ class ULMFiTDataLoaders(DataLoaders):
                     multi_label=self.multi_label)
 
 
-def _split_valid(n: int, valid_pct: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_train_valid(texts: Sequence, labels: Sequence | None = None, valid_pct: float = 0.1, seed: int = 42):
+    """``((train_texts, train_labels), (valid_texts, valid_labels))``: a seeded random split, the
+    one used wherever no validation data are given. Labels may be ``None``."""
     if not 0 < valid_pct < 1:
         raise ValueError(f"valid_pct must be in (0, 1), got {valid_pct}")
+    n = len(texts)
     perm = np.random.default_rng(seed).permutation(n)
     n_valid = max(1, int(round(n * valid_pct)))
     if n - n_valid < 1:
         raise ValueError(f"{n} rows are too few to split off a validation set")
-    return np.sort(perm[n_valid:]), np.sort(perm[:n_valid])
+    tr, va = np.sort(perm[n_valid:]), np.sort(perm[:n_valid])
+    pick = lambda xs, idx: None if xs is None else [xs[i] for i in idx]  # noqa: E731
+    return (pick(texts, tr), pick(labels, tr)), (pick(texts, va), pick(labels, va))
 
 
 def lm_dataloaders(train_texts: Sequence[str], valid_texts: Sequence[str] | None = None, vocab: Vocab | None = None,
@@ -390,9 +446,7 @@ def lm_dataloaders(train_texts: Sequence[str], valid_texts: Sequence[str] | None
     else:
         train_texts = list(train_texts)
         if valid_texts is None:
-            tr, va = _split_valid(len(train_texts), valid_pct, seed)
-            valid_texts = [train_texts[i] for i in va]
-            train_texts = [train_texts[i] for i in tr]
+            (train_texts, _), (valid_texts, _) = split_train_valid(train_texts, None, valid_pct, seed)
         if len(train_texts) == 0:
             raise ValueError("no training texts")
         train_toks = tokenize(train_texts, n_workers)
@@ -426,9 +480,8 @@ def classifier_dataloaders(train_texts: Sequence[str], train_labels: Sequence, v
     if tokens is not None and valid_labels is None:
         raise ValueError("with `tokens`, pass the validation labels too")
     if valid_texts is None and tokens is None:
-        tr, va = _split_valid(len(train_texts), valid_pct, seed)
-        valid_texts, valid_labels = [train_texts[i] for i in va], [train_labels[i] for i in va]
-        train_texts, train_labels = [train_texts[i] for i in tr], [train_labels[i] for i in tr]
+        (train_texts, train_labels), (valid_texts, valid_labels) = split_train_valid(train_texts, train_labels,
+                                                                                     valid_pct, seed)
     valid_labels = list(valid_labels)
     split = (lambda l: [str(x) for x in (l if isinstance(l, (list, tuple)) else str(l).split(label_delim))]) \
         if multi_label else (lambda l: [l])

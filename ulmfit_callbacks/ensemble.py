@@ -8,13 +8,17 @@ import torch
 from fastai.learner import Learner
 
 from .data import ClassifierLoader, numericalize, tokenize
+from .memory import release_memory
 
 __all__ = ["ForwardBackwardEnsemble", "predict_texts", "predict_tokens"]
 
 
 def predict_texts(learn: Learner, texts: Sequence[str], bs: int = 64, max_tokens: int | None = None,
                   bf16: bool = False) -> torch.Tensor:
-    """Class probabilities for raw texts, in input order. Batches are sorted by length for speed."""
+    """Class probabilities for raw texts, in input order. Batches are sorted by length for speed.
+
+    ``max_tokens``: default the model's own (saved with it by ``train_classifier``).
+    """
     if len(texts) == 0:
         raise ValueError("no texts to predict")
     return predict_tokens(learn, tokenize(list(texts)), bs, max_tokens, bf16)
@@ -27,6 +31,7 @@ def predict_tokens(learn: Learner, tokens: Sequence[Sequence[str]], bs: int = 64
     ``bf16``: run the model under bf16 autocast (AMX / tensor cores); the weights stay fp32.
     """
     dls = learn.dls
+    max_tokens = max_tokens or getattr(learn, "max_tokens", None)
     tokens = [t[:max_tokens] for t in tokens] if max_tokens else tokens
     ids = numericalize(tokens, dls.vocab, dls.backwards)
     dl = ClassifierLoader(ids, np.zeros(len(ids), dtype=np.int64), bs=bs, shuffle=False, pad_idx=learn.model.encoder.pad_idx)
@@ -45,10 +50,11 @@ def _probs(learn: Learner, dl: ClassifierLoader, bf16: bool = False) -> torch.Te
     try:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             for i in range(0, len(order), dl.bs):
-                outs.append(model(dl.pad(order[i: i + dl.bs]).to(dev)).float().cpu())
+                outs.append(model(dl.pad(order[i: i + dl.bs]).to(dev)).float())
+                release_memory()
     finally:
         model.train(was)
-    logits = torch.cat(outs)
+    logits = torch.cat(outs).cpu()  # one device-to-host copy
     probs = torch.sigmoid(logits) if getattr(learn.dls, "multi_label", False) else logits.softmax(-1)
     res = torch.empty_like(probs)
     res[torch.as_tensor(order)] = probs
@@ -82,8 +88,17 @@ class ForwardBackwardEnsemble:
             if not torch.equal(data[0].labels, data[1].labels):
                 raise ValueError("the forward and backward loaders hold different labels: not the same documents")
             return (f + b) / 2, data[0].labels
-        texts = list(data)
-        return (predict_texts(self.forward, texts, bs) + predict_texts(self.backward, texts, bs)) / 2, None
+        return self.predict_proba(tokens=tokenize(list(data)), bs=bs)["ensemble"], None
+
+    def predict_proba(self, texts: Sequence[str] | None = None, tokens=None, bs: int = 64) -> dict[str, torch.Tensor]:
+        """Probabilities of ``"forward"``, ``"backward"`` and their ``"ensemble"`` (the mean: the one
+        place the ensemble rule lives) for raw ``texts`` or tokenised ``tokens``, in input order."""
+        if (texts is None) == (tokens is None):
+            raise ValueError("pass either texts or tokens")
+        tokens = tokenize(list(texts)) if tokens is None else tokens
+        out = {"forward": predict_tokens(self.forward, tokens, bs), "backward": predict_tokens(self.backward, tokens, bs)}
+        out["ensemble"] = (out["forward"] + out["backward"]) / 2
+        return out
 
     def predict(self, text: str) -> tuple[str, torch.Tensor]:
         """``(predicted class, probabilities)`` for one text."""

@@ -14,11 +14,15 @@ from fastai.optimizer import Adam
 
 from .data import ULMFiTDataLoaders
 from .losses import LMLoss
+from .memory import ReleaseMemory
 from .models.awd_lstm import AWDLSTM, CLASSIFIER_DROPOUTS, AWDLSTMConfig, AWDLSTMLanguageModel
 from .models.classifier import BPT3CEncoder, PoolingClassifierHead, ULMFiTClassifier
+from .artifact import read_model_folder, resolve_model
 from .pretrained import find_pretrained_files, load_pretrained, wt103_files
 from .regularization import ActivationRegularizer
 from .splitters import classifier_splitter, lm_splitter
+
+_SIZE_KEYS = ("emb_sz", "n_hid", "n_layers", "pad_idx", "tie_weights", "out_bias", "arch")
 
 __all__ = ["ulmfit_lm_learner", "ulmfit_classifier_learner", "DataCheck", "encoder_state_dict", "load_encoder"]
 
@@ -51,39 +55,67 @@ def _check_dls(dls, kind):
         raise ValueError(f"expected {kind} data, got {dls.kind} data")
 
 
+def _pretrained_source(pretrained, backwards: bool):
+    """``(state_or_path, itos, meta)`` for any accepted ``pretrained=`` value (see :func:`ulmfit_lm_learner`)."""
+    if isinstance(pretrained, str) and pretrained == "wt103":
+        w, itos = wt103_files(backwards)
+        return w, itos, None
+    if isinstance(pretrained, (tuple, list)):
+        return pretrained[0], pretrained[1], None
+    folder = resolve_model(pretrained, backwards)
+    if not (folder / "config.json").exists():  # fastai's archive layout (one .pth + one itos file)
+        w, itos = find_pretrained_files(folder)
+        return w, itos, None
+    meta, itos, state = read_model_folder(folder)
+    if meta.get("kind") != "lm":
+        raise ValueError(f"{folder} holds a {meta.get('kind')}, not a language model")
+    if meta["backwards"] != backwards:
+        d = lambda b: "backward" if b else "forward"  # noqa: E731
+        raise ValueError(f"{folder} is a {d(meta['backwards'])} LM but the data are {d(backwards)}")
+    return state, itos, dict(meta, source=str(folder))
+
+
 def ulmfit_lm_learner(dls: ULMFiTDataLoaders, config: AWDLSTMConfig | dict | None = None, pretrained=None,
                       drop_mult: float = 1.0, alpha: float = 2.0, beta: float = 1.0, opt_func=None,
-                      wd: float = 0.01, fused_loss: bool = True, **kwargs) -> Learner:
-    """A fastai ``Learner`` around our AWD-LSTM LM. Never downloads unless ``pretrained="wt103"``.
+                      wd: float = 0.01, fused_loss: bool = True, loss_func=None, metrics=None, cbs=None,
+                      **kwargs) -> Learner:
+    """A fastai ``Learner`` around our AWD-LSTM LM. Never downloads unless asked to (``"wt103"``, a hub id).
 
-    ``pretrained``: ``None`` (random init), a folder in fastai's archive layout (one ``.pth`` +
-    one ``itos`` file), a ``(weights, itos)`` pair, or ``"wt103"`` (fastai's WikiText-103
-    weights, downloaded through fastai: needs network). The report of matched tokens is
-    printed and kept as ``learn.pretrained_report``.
+    ``pretrained``: ``None`` (random init); ``"general"`` (the LM shipped with this package,
+    see ``weights/MODEL_CARD.md``); a model folder saved by a stage (or its parent holding
+    ``fwd``/``bwd``); a Hugging Face Hub id in that layout; a folder in fastai's archive
+    layout (one ``.pth`` + one ``itos`` file); a ``(weights, itos)`` pair; or ``"wt103"``
+    (fastai's WikiText-103 weights, downloaded through fastai). Embedding rows are matched by
+    token into the data's vocabulary; the report is printed and kept as ``learn.pretrained_report``.
+    With a model folder and no ``config``, the model takes the folder's sizes (and the
+    paper's LM dropouts); a ``config`` of other sizes is refused.
 
     ``fused_loss``: in training, decoder and cross-entropy are computed together in chunks
     (:func:`~ulmfit_callbacks.losses.linear_cross_entropy`), never storing the logits; the loss
     and gradients are the same. Validation and prediction return logits as usual. Turn it off
     for callbacks that read the training logits (e.g. training metrics).
+    ``loss_func``, ``metrics`` and ``cbs`` are passed on to fastai's ``Learner`` (``metrics``
+    defaults to accuracy and perplexity).
     """
     _check_dls(dls, "lm")
-    config = AWDLSTMConfig.from_dict(config) if isinstance(config, dict) else (config or AWDLSTMConfig())
+    config = AWDLSTMConfig.from_dict(config) if isinstance(config, dict) else config
+    source = _pretrained_source(pretrained, dls.backwards) if pretrained is not None else None
+    if config is None:
+        sizes = {k: v for k, v in (source[2] or {}).get("config", {}).items() if k in _SIZE_KEYS} if source else {}
+        config = dataclasses.replace(AWDLSTMConfig(), **sizes)
     model = AWDLSTMLanguageModel(len(dls.vocab), config.scaled(drop_mult), backwards=dls.backwards)
     report = None
-    if pretrained is not None:
-        if isinstance(pretrained, str) and pretrained == "wt103":
-            files = wt103_files(dls.backwards)
-        elif isinstance(pretrained, (tuple, list)):
-            files = tuple(pretrained)
-        else:
-            files = find_pretrained_files(pretrained)
-        report = load_pretrained(model, files[0], files[1], dls.vocab)
+    if source is not None:
+        report = load_pretrained(model, source[0], source[1], dls.vocab)
+        if source[2] is not None:
+            report.source = source[2]["source"]
         print(report)
-    cbs = [ModelResetter(), ActivationRegularizer(alpha, beta), DataCheck("lm", dls.backwards, len(dls.vocab))]
+    own = [ModelResetter(), ActivationRegularizer(alpha, beta), DataCheck("lm", dls.backwards, len(dls.vocab)),
+           ReleaseMemory()]
     model.decoder.fused = fused_loss
-    learn = Learner(dls, model, loss_func=LMLoss(), opt_func=opt_func or partial(Adam, mom=0.8, sqr_mom=0.99),
-                    splitter=lm_splitter, metrics=[accuracy, Perplexity()], wd=wd,
-                    cbs=cbs + list(kwargs.pop("cbs", [])), **kwargs)
+    learn = Learner(dls, model, loss_func=loss_func or LMLoss(), opt_func=opt_func or partial(Adam, mom=0.8, sqr_mom=0.99),
+                    splitter=lm_splitter, metrics=[accuracy, Perplexity()] if metrics is None else metrics, wd=wd,
+                    cbs=own + list(cbs or []), **kwargs)
     learn.pretrained_report = report
     return learn
 
@@ -108,13 +140,16 @@ def load_encoder(clf: ULMFiTClassifier, state: dict[str, torch.Tensor]):
 def ulmfit_classifier_learner(dls: ULMFiTDataLoaders, config: AWDLSTMConfig | dict | None = None,
                               encoder=None, lm_meta: dict | None = None, drop_mult: float = 1.0,
                               bptt: int = 70, max_len: int = 1400, hidden: int = 50, head_ps=None,
-                              opt_func=None, wd: float = 0.01, threshold: float = 0.5, **kwargs) -> Learner:
+                              opt_func=None, wd: float = 0.01, threshold: float = 0.5, loss_func=None, metrics=None,
+                              cbs=None, **kwargs) -> Learner:
     """A fastai ``Learner`` around the ULMFiT classifier (BPT3C + concat pooling + head).
 
     ``encoder``: the fine-tuned LM's encoder weights (a state dict from :func:`encoder_state_dict`,
     an LM learner, or an LM model). With a learner or model, its vocabulary size and direction
     must match the data's; with a state dict pass ``lm_meta=dict(vocab_sz=..., backwards=...)``
     to have them checked. Multi-label data give a sigmoid/BCE learner with ``accuracy_multi``.
+    ``loss_func``, ``metrics`` and ``cbs`` are passed on to fastai's ``Learner`` (e.g.
+    ``loss_func=CrossEntropyLossFlat(weight=class_weights)``, ``metrics=[accuracy, F1Score(average="macro")]``).
     """
     _check_dls(dls, "classifier")
     config = AWDLSTMConfig.from_dict(config) if isinstance(config, dict) else (config or AWDLSTMConfig())
@@ -140,9 +175,10 @@ def ulmfit_classifier_learner(dls: ULMFiTDataLoaders, config: AWDLSTMConfig | di
     if encoder is not None:
         load_encoder(model, encoder)
     if dls.multi_label:
-        loss, metrics = BCEWithLogitsLossFlat(thresh=threshold), [partial(accuracy_multi, thresh=threshold)]
+        loss, mets = BCEWithLogitsLossFlat(thresh=threshold), [partial(accuracy_multi, thresh=threshold)]
     else:
-        loss, metrics = CrossEntropyLossFlat(), [accuracy]
-    cbs = [DataCheck("classifier", dls.backwards, len(dls.vocab))]
-    return Learner(dls, model, loss_func=loss, opt_func=opt_func or partial(Adam, mom=0.8, sqr_mom=0.99),
-                   splitter=classifier_splitter, metrics=metrics, wd=wd, cbs=cbs + list(kwargs.pop("cbs", [])), **kwargs)
+        loss, mets = CrossEntropyLossFlat(), [accuracy]
+    own = [DataCheck("classifier", dls.backwards, len(dls.vocab)), ReleaseMemory()]
+    return Learner(dls, model, loss_func=loss_func or loss, opt_func=opt_func or partial(Adam, mom=0.8, sqr_mom=0.99),
+                   splitter=classifier_splitter, metrics=mets if metrics is None else metrics, wd=wd,
+                   cbs=own + list(cbs or []), **kwargs)

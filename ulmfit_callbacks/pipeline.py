@@ -1,15 +1,16 @@
 """The three ULMFiT stages as functions, with artifacts saved to folders.
 
-One artifact folder per model (``lm_fwd``, ``clf_bwd``...): ``weights.pt`` (a state dict,
-loaded with ``weights_only=True``), ``config.json`` (model config and data meta),
-``vocab.json``, ``metrics.json`` and PNG plots. Every file is written atomically.
+One model folder per model (``lm_fwd``, ``clf_bwd``...) in the format of
+:mod:`~ulmfit_callbacks.artifact` (safetensors weights, JSON config and vocabulary, a model
+card), plus ``metrics.json``, ``history.csv`` and PNG plots.
 The CLI, the demo and the notebooks call these functions.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +20,15 @@ import numpy as np
 import torch
 
 from .averaging import ASGDWeightAveraging
-from .checkpoint import atomic_save
+from .artifact import atomic_write, read_model_folder, resolve_model, save_model_folder, write_json
 from .data import Vocab, classifier_dataloaders, lm_dataloaders
 from .learner import ulmfit_classifier_learner, ulmfit_lm_learner
 from .models.awd_lstm import AWDLSTMConfig
 from .schedule import DiscriminativeLR, SlantedTriangularLR
 from .unfreezing import GradualUnfreezing
 
-__all__ = ["Recipe", "pretrain_lm", "finetune_lm", "train_classifier", "save_artifact", "load_artifact",
+__all__ = ["PAPER_LM", "PAPER_CLASSIFIER", "PRETRAIN", "DEFAULT_LM", "DEFAULT_CLASSIFIER", "SCRATCH_CLASSIFIER",
+           "Recipe", "pretrain_lm", "finetune_lm", "train_classifier", "save_artifact", "load_artifact",
            "load_classifier", "write_json"]
 
 
@@ -61,64 +63,103 @@ class Recipe:
         return cbs
 
 
+# The paper's recipes (WikiText-103 LM, GPU budgets) and ours, chosen on held-out splits of
+# TREC-6, MR and BBC with the shipped LM (benchmarks/RESULTS.md, "Defaults"). `ulmfit ... --paper`
+# takes the paper's.
+PAPER_LM = Recipe(epochs=1, lr=0.01, decay=2.6)
+PAPER_CLASSIFIER = Recipe(epochs=4, lr=0.01, decay=2.6)
+PRETRAIN = Recipe(epochs=3, lr=0.01, discriminative=False, drop_mult=0.2)
+DEFAULT_LM = Recipe(epochs=1, lr=0.01, decay=2.6, drop_mult=0.5)
+DEFAULT_CLASSIFIER = Recipe(epochs=4, lr=0.01, decay=1.0, drop_mult=0.5)
+# No stage-1 LM (random encoder): gradual unfreezing would train a head on random features and
+# the discriminative ratio would starve the lower layers, so everything trains from the start.
+SCRATCH_CLASSIFIER = Recipe(epochs=4, lr=0.01, discriminative=False, gradual_unfreezing=False, drop_mult=0.5)
+
+
 _SIZE_KEYS = ("emb_sz", "n_hid", "n_layers", "pad_idx", "tie_weights", "out_bias", "arch")
+TOKENIZER = {"name": "spacy", "lang": "en", "rules": "fastai"}  # what every artifact's tokens came from
 
 
-def write_json(path: Path, obj):
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=float), encoding="utf-8")
-    os.replace(tmp, path)
+def save_artifact(folder: str | os.PathLike, learn, kind: str, metrics: dict | None = None, plots=(), **settings):
+    """Save a trained learner as a model folder (:mod:`~ulmfit_callbacks.artifact`).
 
-
-def save_artifact(folder: str | os.PathLike, learn, kind: str, metrics: dict | None = None, plots=()):
-    """Save weights (state dict), config + data meta, vocab and metrics of a trained learner."""
+    ``settings``: further values prediction needs (e.g. ``max_tokens``), kept in ``config.json``.
+    """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_save({k: v.detach().cpu() for k, v in learn.model.state_dict().items()}, folder / "weights.pt")
     model = learn.model
     cfg = model.config if kind == "lm" else model.encoder.module.config
     meta = dict(kind=kind, config=cfg.to_dict(), backwards=learn.dls.backwards, classes=learn.dls.classes,
-                multi_label=learn.dls.multi_label)
+                multi_label=learn.dls.multi_label, tokenizer=TOKENIZER, **settings)
     if kind == "classifier":
-        enc = model.encoder
-        head = model.head
-        meta.update(bptt=enc.bptt, max_len=enc.max_len, hidden=head[2].out_features,
-                    head_ps=[head[1].p, head[5].p])
-    write_json(folder / "config.json", meta)
-    learn.dls.vocab.save(folder / "vocab.json")
-    if metrics is not None:
-        write_json(folder / "metrics.json", metrics)
+        enc, head = model.encoder, model.head
+        meta.update(bptt=enc.bptt, max_len=enc.max_len, hidden=head.hidden, head_ps=list(head.ps))
+    save_model_folder(folder, model.state_dict(), meta, learn.dls.vocab.itos, metrics)
     for name, fig in plots:
-        tmp = folder / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, folder / f"{name}.png")
+        atomic_write(folder / f"{name}.png", lambda f, fig=fig: fig.savefig(f, dpi=110, format="png"))
         import matplotlib.pyplot as plt
         plt.close(fig)  # saved, not shown (notebooks would display every one)
 
 
 def load_artifact(folder: str | os.PathLike) -> tuple[dict, Vocab, dict]:
     """``(meta, vocab, state_dict)`` of a saved model folder, with clear errors."""
-    folder = Path(folder)
-    for f in ("weights.pt", "config.json", "vocab.json"):
-        if not (folder / f).exists():
-            raise FileNotFoundError(f"{folder} is not a saved model: {f} is missing")
-    meta = json.loads((folder / "config.json").read_text())
-    state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
-    return meta, Vocab.load(folder / "vocab.json"), state
+    meta, itos, state = read_model_folder(folder)
+    return meta, Vocab(itos), state
 
 
-def _fit(learn, recipe: Recipe, classifier: bool, extra=()):
+def _fit(learn, recipe: Recipe, classifier: bool, extra=(), out: str | os.PathLike | None = None):
+    """Fit with the recipe's callbacks; with ``out``, fastai's ``history.csv`` is written there as it goes."""
+    from fastai.callback.progress import CSVLogger
     cbs = recipe.callbacks(classifier)
-    if recipe.stlr:
-        learn.fit(recipe.epochs, cbs=cbs + list(extra), wd=recipe.wd)
-    else:
-        learn.fit_one_cycle(recipe.epochs, recipe.lr, cbs=cbs + list(extra), wd=recipe.wd)
+    log = [CSVLogger(fname=Path(out).resolve() / "history.csv")] if out is not None else []
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    with _epoch_lines(learn):
+        if recipe.stlr:
+            learn.fit(recipe.epochs, cbs=cbs + log + list(extra), wd=recipe.wd)
+        else:
+            learn.fit_one_cycle(recipe.epochs, recipe.lr, cbs=cbs + log + list(extra), wd=recipe.wd)
     return cbs
 
 
-def _lr_plot(cbs):
+@contextlib.contextmanager
+def _epoch_lines(learn):
+    """Progress bars on a terminal; in a log file (no terminal) one plain line per epoch instead."""
+    if sys.stdout.isatty():
+        yield
+        return
+    old = learn.logger
+
+    def line(vals):
+        names = learn.recorder.metric_names  # set by the Recorder at the start of the fit
+        cells = [f"{n} {v:.4f}" if isinstance(v, float) else f"{n} {v}" for n, v in zip(names, vals)]
+        print("  " + "  ".join(cells), flush=True)
+    learn.logger = line
+    try:
+        with learn.no_bar():
+            yield
+    finally:
+        learn.logger = old
+
+
+def _plots(learn, cbs):
+    """The lr of every parameter group (STLR, Fig. 2 of the paper) and the training/validation loss."""
+    import matplotlib.pyplot as plt
+    out = []
     s = next((c for c in cbs if isinstance(c, SlantedTriangularLR)), None)
-    return [("lr_per_group", s.plot())] if s is not None and s.lrs else []
+    if s is not None and s.lrs:
+        out.append(("lr_per_group", s.plot()))
+    rec = learn.recorder
+    if len(rec.losses):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([float(x) for x in rec.losses], label="train (smoothed)")
+        n_it = len(rec.losses) / max(len(rec.values), 1)
+        ax.plot([n_it * (i + 1) for i in range(len(rec.values))], [v[1] for v in rec.values], "o-", label="valid")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("loss")
+        ax.legend()
+        fig.tight_layout()
+        out.append(("loss", fig))
+    return out
 
 
 def _lm_metrics(learn, seconds):
@@ -130,28 +171,30 @@ def _lm_metrics(learn, seconds):
 
 
 def pretrain_lm(train_texts, valid_texts, out: str | os.PathLike, config: AWDLSTMConfig, recipe: Recipe,
-                backwards=False, bs=32, bptt=70, max_vocab=30000, min_freq=2, seed=42, tokens=None, cbs=()):
+                backwards=False, bs=32, bptt=70, max_vocab=30000, min_freq=2, seed=42, tokens=None, cbs=(), device=None):
     """Stage 1: train an AWD-LSTM LM on a general-domain corpus (``cbs``: extra callbacks, e.g. ``BF16Autocast()``)."""
     torch.manual_seed(seed)
     dls = lm_dataloaders(train_texts, valid_texts, bs=bs, bptt=bptt, backwards=backwards, max_vocab=max_vocab,
-                         min_freq=min_freq, seed=seed, tokens=tokens)
+                         min_freq=min_freq, seed=seed, tokens=tokens, device=device)
     learn = ulmfit_lm_learner(dls, config=config, drop_mult=recipe.drop_mult)
     t = time.time()
     recipe = dataclasses.replace(recipe, discriminative=False)  # stage 1 trains every layer alike
-    used = _fit(learn, recipe, classifier=False, extra=cbs)
+    used = _fit(learn, recipe, classifier=False, extra=cbs, out=out)
     metrics = _lm_metrics(learn, time.time() - t)
-    save_artifact(out, learn, "lm", metrics, _lr_plot(used))
+    save_artifact(out, learn, "lm", metrics, _plots(learn, used))
     return learn, metrics
 
 
-def finetune_lm(train_texts, valid_texts, out: str | os.PathLike, recipe: Recipe, pretrained: str | os.PathLike | None = None,
+def finetune_lm(train_texts, valid_texts, out: str | os.PathLike, recipe: Recipe, pretrained="general",
                 config: AWDLSTMConfig | None = None, backwards=False, bs=32, bptt=70, max_vocab=30000, min_freq=2,
-                seed=42, tokens=None, cbs=(), keep_pretrained_vocab: bool = False):
+                seed=42, tokens=None, cbs=(), keep_pretrained_vocab: bool = False, device=None):
     """Stage 2: fine-tune the LM on the target task's text (vocab from the target training text).
 
-    ``pretrained``: a stage-1 artifact folder (rows remapped by token into the new vocabulary);
-    its sizes are used, with the dropouts of ``config`` (default: the paper's LM dropouts)
-    times ``recipe.drop_mult``, whatever dropouts stage 1 trained with.
+    ``pretrained``: the stage-1 LM, by default ``"general"`` (shipped with the package); any
+    value :func:`~ulmfit_callbacks.ulmfit_lm_learner` takes (a model folder, a hub id), or
+    ``None`` for random weights. Embedding rows are remapped by token into the new vocabulary;
+    the stage-1 sizes are used, with the dropouts of ``config`` (default: the paper's LM
+    dropouts) times ``recipe.drop_mult``, whatever dropouts stage 1 trained with.
 
     ``keep_pretrained_vocab``: the vocabulary is the task's (tokens seen ``min_freq`` times in its
     training text) followed by the stage-1 tokens it lacks, up to ``max_vocab``: words that are
@@ -159,35 +202,35 @@ def finetune_lm(train_texts, valid_texts, out: str | os.PathLike, recipe: Recipe
     becoming ``xxunk``.
     """
     torch.manual_seed(seed)
-    extra = load_artifact(pretrained)[1] if pretrained is not None and keep_pretrained_vocab else None
+    folder = resolve_model(pretrained, backwards) if pretrained is not None else None
+    extra = None
+    if folder is not None and keep_pretrained_vocab:
+        extra = load_artifact(folder)[1]
     dls = lm_dataloaders(train_texts, valid_texts, bs=bs, bptt=bptt, backwards=backwards, max_vocab=max_vocab,
-                         min_freq=min_freq, seed=seed, tokens=tokens, extra_vocab=extra)
-    files = None
-    if pretrained is not None:
-        meta, vocab, _ = load_artifact(pretrained)
-        if meta["kind"] != "lm":
-            raise ValueError(f"{pretrained} holds a {meta['kind']}, not a language model")
-        if meta["backwards"] != backwards:
-            raise ValueError(f"{pretrained} is a {'backward' if meta['backwards'] else 'forward'} LM; "
-                             f"this stage is {'backward' if backwards else 'forward'}")
-        sizes = {k: meta["config"][k] for k in _SIZE_KEYS if k in meta["config"]}
+                         min_freq=min_freq, seed=seed, tokens=tokens, extra_vocab=extra, device=device)
+    if folder is not None and (folder / "config.json").exists():
+        sizes = {k: v for k, v in read_model_folder(folder)[0]["config"].items() if k in _SIZE_KEYS}
         config = dataclasses.replace(config or AWDLSTMConfig(), **sizes)
-        files = (Path(pretrained) / "weights.pt", Path(pretrained) / "vocab.json")
-    learn = ulmfit_lm_learner(dls, config=config, pretrained=files, drop_mult=recipe.drop_mult)
+    learn = ulmfit_lm_learner(dls, config=config, pretrained=folder, drop_mult=recipe.drop_mult)
     t = time.time()
-    used = _fit(learn, recipe, classifier=False, extra=cbs)
+    used = _fit(learn, recipe, classifier=False, extra=cbs, out=out)
     metrics = _lm_metrics(learn, time.time() - t)
+    metrics["pretrained"] = None if folder is None else str(pretrained)
     if learn.pretrained_report is not None:
         metrics["pretrained_tokens_matched"] = learn.pretrained_report.matched
-    save_artifact(out, learn, "lm", metrics, _lr_plot(used))
+    save_artifact(out, learn, "lm", metrics, _plots(learn, used))
     return learn, metrics
 
 
 def train_classifier(train_texts, train_labels, valid_texts, valid_labels, out: str | os.PathLike, recipe: Recipe,
                      lm: str | os.PathLike | None = None, config: AWDLSTMConfig | None = None, vocab: Vocab | None = None,
                      backwards=False, bs=32, max_tokens=None, multi_label=False, seed=42, classes=None, tokens=None,
-                     cbs=()):
-    """Stage 3: the classifier on top of the fine-tuned LM encoder (``lm``: a stage-2 artifact folder)."""
+                     cbs=(), loss_func=None, device=None):
+    """Stage 3: the classifier on top of the fine-tuned LM encoder (``lm``: a stage-2 artifact folder).
+
+    ``max_tokens`` (keep the first N tokens of each document) is saved with the model and used
+    again by :func:`load_classifier`'s predictions. ``loss_func``: e.g. class-weighted cross-entropy.
+    """
     torch.manual_seed(seed)
     encoder, lm_meta = None, None
     if lm is not None:
@@ -200,18 +243,21 @@ def train_classifier(train_texts, train_labels, valid_texts, valid_labels, out: 
     if vocab is None:
         raise ValueError("train_classifier needs the fine-tuned LM (`lm`) or a vocabulary (`vocab`)")
     dls = classifier_dataloaders(train_texts, train_labels, vocab, valid_texts, valid_labels, bs=bs, backwards=backwards,
-                                 multi_label=multi_label, seed=seed, max_tokens=max_tokens, classes=classes, tokens=tokens)
-    learn = ulmfit_classifier_learner(dls, config=config, encoder=encoder, lm_meta=lm_meta, drop_mult=recipe.drop_mult)
+                                 multi_label=multi_label, seed=seed, max_tokens=max_tokens, classes=classes, tokens=tokens,
+                                 device=device)
+    learn = ulmfit_classifier_learner(dls, config=config, encoder=encoder, lm_meta=lm_meta, drop_mult=recipe.drop_mult,
+                                      loss_func=loss_func)
     t = time.time()
-    used = _fit(learn, recipe, classifier=True, extra=cbs)
+    used = _fit(learn, recipe, classifier=True, extra=cbs, out=out)
     vals = dict(zip(learn.recorder.metric_names[1:-1], map(float, learn.recorder.values[-1])))
     metrics = dict(valid_loss=vals.get("valid_loss"), accuracy=vals.get("accuracy", vals.get("accuracy_multi")),
                    seconds=round(time.time() - t, 1))
-    save_artifact(out, learn, "classifier", metrics, _lr_plot(used))
+    save_artifact(out, learn, "classifier", metrics, _plots(learn, used), max_tokens=max_tokens)
+    learn.max_tokens = max_tokens
     return learn, metrics
 
 
-def load_classifier(folder: str | os.PathLike):
+def load_classifier(folder: str | os.PathLike, device=None):
     """A classifier learner (for prediction and evaluation) from a saved artifact folder."""
     from .data import ClassifierLoader, ULMFiTDataLoaders
     meta, vocab, state = load_artifact(folder)
@@ -220,10 +266,11 @@ def load_classifier(folder: str | os.PathLike):
     y = np.zeros((0, len(meta["classes"])), np.float32) if meta["multi_label"] else np.zeros(0, np.int64)
     empty = ClassifierLoader([], y)
     dls = ULMFiTDataLoaders(empty, empty.new(), vocab=vocab, backwards=meta["backwards"], kind="classifier",
-                            classes=meta["classes"], multi_label=meta["multi_label"])
+                            classes=meta["classes"], multi_label=meta["multi_label"], device=device)
     cfg = AWDLSTMConfig.from_dict(meta["config"])  # dropouts do not matter for inference
     learn = ulmfit_classifier_learner(dls, config=cfg, bptt=meta["bptt"], max_len=meta["max_len"],
                                       hidden=meta["hidden"], head_ps=tuple(meta["head_ps"]))
     learn.model.load_state_dict(state)
-    learn.model.eval()
+    learn.model.to(learn.dls.device).eval()
+    learn.max_tokens = meta.get("max_tokens")
     return learn

@@ -89,6 +89,7 @@ class PoolingClassifierHead(nn.Sequential):
             raise ValueError(f"ps must hold two dropout probabilities, got {ps}")
         super().__init__(nn.BatchNorm1d(n_in), nn.Dropout(ps[0]), nn.Linear(n_in, hidden), nn.ReLU(inplace=True),
                          nn.BatchNorm1d(hidden), nn.Dropout(ps[1]), nn.Linear(hidden, n_out))
+        self.n_in, self.n_out, self.hidden, self.ps = n_in, n_out, hidden, tuple(float(p) for p in ps)
 
 
 class ULMFiTClassifier(nn.Module):
