@@ -16,10 +16,10 @@ from functools import partial
 warnings.filterwarnings("ignore")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from common import DATA, record  # noqa: E402
 from fastai.callback.training import GradientClip  # noqa: E402
 from fastai.optimizer import SGD  # noqa: E402
 
-from common import DATA, record  # noqa: E402
 from ulmfit_callbacks import ASGDWeightAveraging, AWDLSTMConfig, lm_dataloaders, tokenize, ulmfit_lm_learner  # noqa: E402
 
 

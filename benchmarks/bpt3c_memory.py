@@ -20,6 +20,7 @@ warnings.filterwarnings("ignore")
 def child(doc_len: int, bs: int, max_len: int):
     import psutil
     import torch
+
     from ulmfit_callbacks import AWDLSTM, AWDLSTMConfig, BPT3CEncoder, PoolingClassifierHead, ULMFiTClassifier
     torch.manual_seed(0)
     cfg = AWDLSTMConfig()  # the paper's 400/1152/3

@@ -14,17 +14,17 @@ that uses pretraining starts from those weights.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 import warnings
-import dataclasses
 from dataclasses import dataclass
 
 warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-
 from common import CACHE, DATA, REPO, record, tokens  # noqa: E402
+
 from ulmfit_callbacks import AWDLSTMConfig, BF16Autocast, Vocab  # noqa: E402
 from ulmfit_callbacks.ensemble import predict_tokens  # noqa: E402
 from ulmfit_callbacks.pipeline import Recipe, finetune_lm, load_artifact, pretrain_lm, train_classifier  # noqa: E402
@@ -163,8 +163,16 @@ def scratch(task, tr_toks, tr_y, te_toks, te_y, seed, v: Variant, tag="", classe
 def stock_fastai(task, tr_x, tr_y, te_x, te_y, seed, lm_epochs):
     """fastai's ULMFiT tutorial recipe (fit_one_cycle, freeze_to(-2), (-3), unfreeze, slice(lr/2.6**4, lr)),
     fastai's own data, AWD_LSTM and learners, starting from the same stage-1 weights."""
-    from fastai.text.all import (AWD_LSTM, TextDataLoaders, accuracy, awd_lstm_clas_config, awd_lstm_lm_config,
-                                 language_model_learner, text_classifier_learner)
+    from fastai.text.all import (
+        AWD_LSTM,
+        TextDataLoaders,
+        accuracy,
+        awd_lstm_clas_config,
+        awd_lstm_lm_config,
+        language_model_learner,
+        text_classifier_learner,
+    )
+
     from ulmfit_callbacks import AWDLSTMLanguageModel, to_fastai_state_dict
     from ulmfit_callbacks.pretrained import load_pretrained
     torch.manual_seed(seed)

@@ -22,8 +22,8 @@ warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-
 from common import CACHE, DATA, record, tokens  # noqa: E402
+
 from ulmfit_callbacks import AWDLSTMConfig, Vocab, load_bbc_news, to_fastai_state_dict  # noqa: E402
 from ulmfit_callbacks.ensemble import predict_tokens  # noqa: E402
 from ulmfit_callbacks.pipeline import Recipe, load_classifier, train_classifier  # noqa: E402

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from common import REPO, record
+
 from ulmfit_callbacks.losses import linear_cross_entropy
 
 V, N = 30000, 2240

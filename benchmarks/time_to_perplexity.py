@@ -29,9 +29,9 @@ warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from common import DATA, record, tokens  # noqa: E402
 from fastai.callback.core import Callback  # noqa: E402
 
-from common import DATA, record, tokens  # noqa: E402
 from ulmfit_callbacks import AWDLSTMConfig, BF16Autocast, SlantedTriangularLR, lm_dataloaders, ulmfit_lm_learner  # noqa: E402
 
 SIZES = dict(emb_sz=200, n_hid=400, n_layers=3)
@@ -143,7 +143,9 @@ def report(args):
             for a, k in zip(ax, ("tokens", "seconds")):
                 a.plot([p[k] for p in c], [p["perplexity"] for p in c], marker="o", ms=3, label=r["result"]["name"])
         for a, k in zip(ax, ("training tokens", "training seconds (1 thread)")):
-            a.set_xlabel(k); a.set_ylabel("validation perplexity"); a.set_yscale("log")
+            a.set_xlabel(k)
+            a.set_ylabel("validation perplexity")
+            a.set_yscale("log")
             a.axhline(args.threshold, color="grey", ls=":")
         ax[0].legend(fontsize=7)
         fig.tight_layout()

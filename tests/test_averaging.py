@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 from fastai.callback.core import Callback
-
 from helpers import Boom, CrashAt
+
 from ulmfit_callbacks import ASGDWeightAveraging, ulmfit_classifier_learner, ulmfit_lm_learner
 from ulmfit_callbacks.checkpoint import EpochCheckpoint, resume_fit
 

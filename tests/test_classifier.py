@@ -3,9 +3,20 @@ import numpy as np
 import pytest
 import torch
 
-from ulmfit_callbacks import (AWDLSTM, AWDLSTMConfig, BPT3CEncoder, DiscriminativeLR, ForwardBackwardEnsemble,
-                              GradualUnfreezing, SlantedTriangularLR, classifier_dataloaders, encoder_state_dict,
-                              lm_dataloaders, ulmfit_classifier_learner, ulmfit_lm_learner)
+from ulmfit_callbacks import (
+    AWDLSTM,
+    AWDLSTMConfig,
+    BPT3CEncoder,
+    DiscriminativeLR,
+    ForwardBackwardEnsemble,
+    GradualUnfreezing,
+    SlantedTriangularLR,
+    classifier_dataloaders,
+    encoder_state_dict,
+    lm_dataloaders,
+    ulmfit_classifier_learner,
+    ulmfit_lm_learner,
+)
 from ulmfit_callbacks.ensemble import predict_texts
 
 PAD = 1
@@ -211,6 +222,7 @@ def test_a_100k_token_document_trains_and_predicts():
 def test_classifier_crash_and_resume_with_every_callback(fitted_lm, clf_dls_factory, tiny_config, tmp_path):
     """STLR + discriminative lrs + gradual unfreezing + averaging: interrupted, resumed, same end."""
     from helpers import Boom, CrashAt, LRTrace
+
     from ulmfit_callbacks import ASGDWeightAveraging
     from ulmfit_callbacks.checkpoint import EpochCheckpoint, resume_fit
     dls = clf_dls_factory(fitted_lm.dls.vocab)

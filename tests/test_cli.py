@@ -1,4 +1,5 @@
 """The `ulmfit` command: demo end to end (tiny), predict, evaluate, clear errors, README contract."""
+import dataclasses
 import json
 import re
 import subprocess
@@ -20,21 +21,22 @@ def run(*args, stdin=None):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    r = run("demo", "--size", "tiny", "--out", str(out))
+    r = run("demo", "--size", "tiny", "--out", str(out), "--pretrained", "none")
     assert r.returncode == 0, r.stderr[-2000:]
     return out, r.stdout
 
 
 def test_demo_runs_all_stages_and_saves_artifacts(demo_run):
     out, stdout = demo_run
-    assert "starts from random weights" in stdout
+    assert "starts from random weights" in stdout and "no gradual unfreezing" in stdout
+    assert "device cpu" in stdout and "precision" in stdout
     assert "sports/199.txt" in stdout  # the non-UTF-8 file is reported
-    for name in ("forward", "backward", "ensemble"):
+    for name in ("forward", "backward", "ensemble", "TF-IDF \\+ LR"):
         assert re.search(rf"{name}\s+\d\.\d{{4}}", stdout), name
     res = json.loads((out / "results.json").read_text())
-    assert set(res["test_accuracy"]) == {"forward", "backward", "ensemble"}
-    for f in ("confusion_matrix.png", "clf_fwd/lr_per_group.png", "clf_fwd/weights.pt", "lm_bwd/vocab.json",
-              "clf_bwd/config.json", "lm_fwd/metrics.json"):
+    assert set(res["test_accuracy"]) == {"forward", "backward", "ensemble", "TF-IDF + LR"}
+    for f in ("confusion_matrix.png", "clf_fwd/lr_per_group.png", "clf_fwd/loss.png", "clf_fwd/history.csv",
+              "clf_fwd/model.safetensors", "lm_bwd/vocab.json", "clf_bwd/config.json", "lm_fwd/metrics.json"):
         assert (out / f).exists(), f
     assert json.loads((out / "clf_bwd/config.json").read_text())["backwards"] is True
 
@@ -43,7 +45,7 @@ def test_predict_from_arguments_and_stdin(demo_run):
     out, _ = demo_run
     r = run("predict", "--model", str(out), "The striker scored twice", "Shares fell on Wall Street")
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.strip().splitlines()
+    lines = [l for l in r.stdout.strip().splitlines() if not l.startswith("ulmfit predict:")]
     assert len(lines) == 2 and lines[0].split("\t")[0] in {"business", "entertainment", "politics", "sports", "tech"}
     r2 = run("predict", "--model", str(out), stdin="The striker scored twice\nShares fell on Wall Street\n")
     assert r2.stdout == r.stdout  # same ensemble, same order
@@ -55,7 +57,7 @@ def test_evaluate_reports_accuracy(demo_run, tmp_path):
     csv.write_text("text,label\nThe team won the match,sports\nThe bank raised rates,business\n")
     r = run("evaluate", str(csv), "--model", str(out / "clf_fwd"))
     assert r.returncode == 0, r.stderr
-    assert re.search(r"accuracy [01]\.\d{4} on 2 texts", r.stdout) and "precision" in r.stdout
+    assert re.search(r"accuracy [01]\.\d{4}, macro-F1 [01]\.\d{4} on 2 texts", r.stdout) and "precision" in r.stdout
     csv.write_text("text,label\nThe team won the match,cricket\n")
     r = run("evaluate", str(csv), "--model", str(out / "clf_fwd"))
     assert r.returncode == 2 and "never seen in training" in r.stderr
@@ -63,8 +65,11 @@ def test_evaluate_reports_accuracy(demo_run, tmp_path):
 
 @pytest.mark.parametrize("args, msg", [
     (["predict", "--model", "/nonexistent", "x"], "neither a classifier folder"),
-    (["finetune-lm", "/nonexistent.csv", "--out", "/tmp/x"], "no such file"),
-    (["train-classifier", "bbc", "--lm", "/nonexistent", "--out", "/tmp/x", "--epochs", "1"], "not a saved model"),
+    (["finetune-lm", "/nonexistent.csv", "--out", "/tmp/x", "--pretrained", "none"], "no such file"),
+    (["train-classifier", "bbc", "--lm", "/nonexistent", "--out", "/tmp/x", "--epochs", "1"], "no such model folder"),
+    (["finetune-lm", "README.md", "--out", "/tmp/x", "--emb-sz", "64"], "has its own sizes"),
+    (["evaluate", "README.md", "--model", "/tmp/x", "--baseline"], "--baseline fits TF-IDF"),
+    (["demo", "--device", "cuda:3"], "no CUDA GPU"),
     (["pretrain", "README.md", "--out", "/tmp/x", "--lr", "-1"], "--lr must be > 0"),
     (["pretrain", "README.md", "--out", "/tmp/x", "--drop-mult", "-0.5"], "--drop-mult must be >= 0"),
     (["finetune-lm", "README.md", "--out", "/tmp/x", "--decay", "0"], "--decay must be > 0"),
@@ -81,14 +86,25 @@ def test_argument_types_are_checked(capsys):
     assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err
 
 
-def test_decay_reaches_the_discriminative_lr_callback():
+def test_recipe_flags_reach_the_callbacks_and_stages_accept_only_their_own():
     from ulmfit_callbacks import DiscriminativeLR
     from ulmfit_callbacks.cli import _recipe
-    a = build_parser().parse_args(["train-classifier", "bbc", "--lm", "x", "--out", "y", "--decay", "1.3"])
-    (dlr,) = [c for c in _recipe(a, classifier=True).callbacks(classifier=True) if isinstance(c, DiscriminativeLR)]
-    assert dlr.decay == 1.3
+    from ulmfit_callbacks.pipeline import DEFAULT_CLASSIFIER, DEFAULT_LM, PAPER_CLASSIFIER, Recipe
+    a = build_parser().parse_args(["train-classifier", "bbc", "--lm", "x", "--out", "y", "--decay", "1.3",
+                                   "--no-gradual-unfreezing", "--unfreeze-schedule", "1,2"])
+    r = _recipe(a, "classifier", DEFAULT_CLASSIFIER)
+    (dlr,) = [c for c in r.callbacks(classifier=True) if isinstance(c, DiscriminativeLR)]
+    assert dlr.decay == 1.3 and r.gradual_unfreezing is False and r.unfreeze_schedule == [1, 2]
+    assert r.epochs == DEFAULT_CLASSIFIER.epochs  # untouched fields keep the stage's default
     a = build_parser().parse_args(["finetune-lm", "x", "--out", "y"])
-    assert _recipe(a).decay == 2.6
+    assert _recipe(a, "lm", DEFAULT_LM) == DEFAULT_LM
+    a = build_parser().parse_args(["train-classifier", "x", "--lm", "l", "--out", "y", "--paper"])
+    assert a.paper and _recipe(a, "classifier", PAPER_CLASSIFIER).decay == 2.6
+    for cmd, flag in (["pretrain", "--decay"], ["pretrain", "--gradual-unfreezing"], ["finetune-lm", "--unfreeze-schedule"]):
+        with pytest.raises(SystemExit):  # a flag the stage would ignore is not accepted
+            build_parser().parse_args([cmd, "x", "--out", "y", flag, "2"])
+    every = {f for fields in __import__("ulmfit_callbacks.cli", fromlist=["x"])._STAGE_FIELDS.values() for f in fields}
+    assert every == {f.name for f in dataclasses.fields(Recipe)} - set()  # every Recipe field has a flag somewhere
 
 
 def test_help_is_there():
@@ -123,3 +139,71 @@ def test_qrnn_bf16_stages_and_the_kept_vocabulary(tmp_path, general_texts, task)
     lm = json.loads((tmp_path / "lm" / "vocab.json").read_text())["itos"]
     assert set(s1) <= set(lm)
     assert json.loads((tmp_path / "lm" / "config.json").read_text())["config"]["arch"] == "qrnn"
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory):
+    """A user's CSV: literal words that pandas would read as missing, an empty text, a missing label,
+    extra columns; a tiny model trained on it from random weights through the CLI."""
+    import pandas as pd
+    from conftest import bbc_short_texts
+    d = tmp_path_factory.mktemp("messy")
+    df = bbc_short_texts()
+    df = df[df.label.isin(["sport", "business"])].head(118)[["text", "label"]].reset_index(drop=True)
+    extra = pd.DataFrame({"text": ["None", "NA", "null", "", "The match was won"],
+                          "label": ["sport", "business", "sport", "sport", ""]})
+    df = pd.concat([df, extra], ignore_index=True)
+    df.insert(0, "id", [f"row{i}" for i in range(len(df))])
+    df.to_csv(d / "data.csv", index=False)
+    small = ["--pretrained", "none", "--emb-sz", "16", "--n-hid", "32", "--n-layers", "2", "--epochs", "1", "--bs", "8",
+             "--bptt", "20", "--max-vocab", "2000", "--device", "cpu"]
+    r1 = run("finetune-lm", str(d / "data.csv"), "--out", str(d / "lm"), *small)
+    # 121 usable rows -> 109 training rows: with --bs 12 the last training batch would hold one row
+    r2 = run("train-classifier", str(d / "data.csv"), "--lm", str(d / "lm"), "--out", str(d / "clf"), "--epochs", "2",
+             "--bs", "12", "--max-tokens", "30", "--class-weights", "balanced")
+    return d, df, r1, r2
+
+
+def test_messy_csv_trains_with_every_skip_reported(messy):
+    d, df, r1, r2 = messy
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    assert "starts from random weights" in r1.stdout and "skipped 1 row(s) with empty or whitespace-only text (rows [121])" in r1.stdout
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    assert "skipped 1 row(s) with empty" in r2.stdout and "skipped 1 row(s) with missing label (rows [122])" in r2.stdout
+    assert "the LM was fine-tuned from random weights" in r2.stdout and "class weights: business" in r2.stdout
+    assert "epoch 1" in r2.stdout and "\r" not in r2.stdout  # one plain line per epoch in a log, no bars
+    cfg = json.loads((d / "clf" / "config.json").read_text())
+    assert cfg["max_tokens"] == 30
+    hist = (d / "clf" / "history.csv").read_text().splitlines()
+    assert hist[0].startswith("epoch,train_loss,valid_loss") and len(hist) == 3
+
+
+def test_evaluate_keeps_every_row_and_stands_beside_the_baseline(messy):
+    d, df, _, _ = messy
+    labelled = df[df.label != ""]
+    labelled.to_csv(d / "eval.csv", index=False)
+    r = run("evaluate", str(d / "eval.csv"), "--model", str(d / "clf"), "--baseline", "--train", str(d / "data.csv"),
+            "--json", str(d / "m.json"), "--confusion", str(d / "cm.png"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((d / "m.json").read_text())
+    assert m["ulmfit"]["n"] == len(labelled) == 122  # the empty text is evaluated too
+    assert set(m["ulmfit"]["per_class"]) == {"business", "sport"} and 0 <= m["ulmfit"]["macro_f1"] <= 1
+    assert 0.5 <= m["tfidf_lr"]["accuracy"] <= 1 and "ULMFiT - baseline" in r.stdout and (d / "cm.png").exists()
+
+
+def test_predict_csv_round_trips_10000_rows_with_every_column(messy):
+    import pandas as pd
+    d, df, _, _ = messy
+    big = pd.concat([df] * (10_000 // len(df) + 1), ignore_index=True).iloc[:10_000]
+    big["id"] = [f"r{i}" for i in range(len(big))]
+    big.to_csv(d / "big.csv", index=False)
+    r = run("predict", "--model", str(d / "clf"), "--csv", str(d / "big.csv"), "--out", str(d / "pred.csv"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = pd.read_csv(d / "pred.csv", dtype=str, keep_default_na=False)
+    assert len(out) == 10_000 and out["id"].tolist() == big["id"].tolist()
+    assert out["text"].tolist() == big["text"].fillna("").tolist()  # "None", "NA", "" come back as written
+    assert {"predicted_label", "probability", "prob_business", "prob_sport", "empty_text", "label"} <= set(out.columns)
+    p = out[["prob_business", "prob_sport"]].astype(float).to_numpy()
+    assert abs(p.sum(1) - 1).max() < 1e-4 and out.empty_text.eq("True").sum() == (big.text.fillna("") == "").sum()
+    r = run("predict", "--model", str(d / "clf"), "--csv", "-", "--out", "-", stdin="text\nNone\nThe match was won\n")
+    assert r.returncode == 0 and r.stdout.splitlines()[0].startswith("text,predicted_label,probability")

@@ -4,7 +4,15 @@ import pandas as pd
 import pytest
 import torch
 
-from ulmfit_callbacks import ClassifierLoader, LMLoader, Vocab, classifier_dataloaders, lm_dataloaders, load_bbc_news, tokenize
+from ulmfit_callbacks import (
+    ClassifierLoader,
+    LMLoader,
+    Vocab,
+    classifier_dataloaders,
+    lm_dataloaders,
+    load_bbc_news,
+    tokenize,
+)
 from ulmfit_callbacks.data import SPECIAL_TOKENS, read_folder, read_texts
 
 

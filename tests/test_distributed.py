@@ -13,12 +13,19 @@ def _worker(rank, world, init_file, out_dir, seed):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
+        from conftest import bbc_short_texts
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        from ulmfit_callbacks import (ASGDWeightAveraging, AWDLSTMConfig, DiscriminativeLR, GradualUnfreezing,
-                                      SlantedTriangularLR, classifier_dataloaders, lm_dataloaders,
-                                      ulmfit_classifier_learner)
-        from conftest import bbc_short_texts
+        from ulmfit_callbacks import (
+            ASGDWeightAveraging,
+            AWDLSTMConfig,
+            DiscriminativeLR,
+            GradualUnfreezing,
+            SlantedTriangularLR,
+            classifier_dataloaders,
+            lm_dataloaders,
+            ulmfit_classifier_learner,
+        )
         df = bbc_short_texts().iloc[:320]
         torch.manual_seed(seed)
         vocab = lm_dataloaders(df.text.tolist(), bs=4, bptt=5, valid_pct=0.1).vocab
@@ -67,6 +74,7 @@ def test_lm_data_order_is_consistent_across_ranks():
     """Same seed on every rank: the same document order and BPTT lengths, disjoint rows that
     together are exactly the batches of one loader with world_size x bs rows."""
     import numpy as np
+
     from ulmfit_callbacks import LMLoader
     docs = [np.arange(1000 * i, 1000 * i + n) for i, n in enumerate([300, 520, 410, 280, 660, 390])]
     ranks = [LMLoader(docs, bs=3, bptt=20, shuffle=True, seed=7, rank=r, world_size=2) for r in (0, 1)]

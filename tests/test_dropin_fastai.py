@@ -2,12 +2,24 @@
 import numpy as np
 import pytest
 import torch
-from fastai.text.all import (AWD_LSTM, TextDataLoaders, awd_lstm_clas_config, awd_lstm_lm_config,
-                             language_model_learner, text_classifier_learner)
-
+from fastai.text.all import (
+    AWD_LSTM,
+    TextDataLoaders,
+    awd_lstm_clas_config,
+    awd_lstm_lm_config,
+    language_model_learner,
+    text_classifier_learner,
+)
 from helpers import LRTrace
-from ulmfit_callbacks import (ActivationRegularizer, ASGDWeightAveraging, DiscriminativeLR, GradualUnfreezing,
-                              SlantedTriangularLR, stlr)
+
+from ulmfit_callbacks import (
+    ActivationRegularizer,
+    ASGDWeightAveraging,
+    DiscriminativeLR,
+    GradualUnfreezing,
+    SlantedTriangularLR,
+    stlr,
+)
 
 SMALL = dict(emb_sz=16, n_hid=32, n_layers=2)
 

@@ -58,22 +58,27 @@ def test_deepcopy_and_averaged_model(tiny_config):
     assert c.decoder.decoder.weight is c.encoder.embedding.weight  # tying survives the copy
 
 
+def _fresh(m, x):
+    m.reset()
+    return m(x)[0]
+
+
 def test_weight_dropout_really_drops(tiny_config):
     _, m = _pair(tiny_config)
     x = torch.randint(0, 50, (2, 6))
     m.train()
-    m.reset(); a = m(x)[0]
-    m.reset(); b = m(x)[0]
+    a = _fresh(m, x)
+    b = _fresh(m, x)
     assert not torch.allclose(a, b)
     m.eval()
-    m.reset(); c = m(x)[0]
-    m.reset(); d = m(x)[0]
+    c = _fresh(m, x)
+    d = _fresh(m, x)
     assert torch.equal(c, d)
     # DropConnect alone (other dropouts off): outputs differ, and the raw weight gets gradients
     cfg = AWDLSTMConfig(emb_sz=8, n_hid=16, n_layers=2, embed_p=0, input_p=0, hidden_p=0, output_p=0, weight_p=0.5)
     m = AWDLSTMLanguageModel(50, cfg).train()
-    m.reset(); a = m(x)[0]
-    m.reset(); b = m(x)[0]
+    a = _fresh(m, x)
+    b = _fresh(m, x)
     assert not torch.allclose(a, b)
     (a.sum() + b.sum()).backward()
     for layer in m.encoder.layers:

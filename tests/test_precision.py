@@ -3,8 +3,16 @@ import pytest
 import torch
 from fastai.callback.core import Callback
 
-from ulmfit_callbacks import (ActivationRegularizer, ASGDWeightAveraging, BF16Autocast, DiscriminativeLR,
-                              GradualUnfreezing, SlantedTriangularLR, ulmfit_classifier_learner, ulmfit_lm_learner)
+from ulmfit_callbacks import (
+    ActivationRegularizer,
+    ASGDWeightAveraging,
+    BF16Autocast,
+    DiscriminativeLR,
+    GradualUnfreezing,
+    SlantedTriangularLR,
+    ulmfit_classifier_learner,
+    ulmfit_lm_learner,
+)
 
 
 class DtypeProbe(Callback):

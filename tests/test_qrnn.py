@@ -5,9 +5,18 @@ import dataclasses
 import pytest
 import torch
 
-from ulmfit_callbacks import (AWDLSTMConfig, AWDLSTMLanguageModel, BF16Autocast, DiscriminativeLR, GradualUnfreezing,
-                              SlantedTriangularLR, lm_splitter, to_fastai_state_dict, ulmfit_classifier_learner,
-                              ulmfit_lm_learner)
+from ulmfit_callbacks import (
+    AWDLSTMConfig,
+    AWDLSTMLanguageModel,
+    BF16Autocast,
+    DiscriminativeLR,
+    GradualUnfreezing,
+    SlantedTriangularLR,
+    lm_splitter,
+    to_fastai_state_dict,
+    ulmfit_classifier_learner,
+    ulmfit_lm_learner,
+)
 from ulmfit_callbacks.models.qrnn import QRNNLayer, forget_mult
 
 

@@ -7,10 +7,17 @@ import numpy as np
 import pytest
 import torch
 from fastai.callback.core import event
+from helpers import Boom, CrashAt, LRTrace, event_methods
 
-from helpers import CrashAt, LRTrace, Boom, event_methods
-from ulmfit_callbacks import (ASGDWeightAveraging, DiscriminativeLR, GradualUnfreezing, SlantedTriangularLR,
-                              discriminative_lrs, stlr, ulmfit_lm_learner)
+from ulmfit_callbacks import (
+    ASGDWeightAveraging,
+    DiscriminativeLR,
+    GradualUnfreezing,
+    SlantedTriangularLR,
+    discriminative_lrs,
+    stlr,
+    ulmfit_lm_learner,
+)
 from ulmfit_callbacks.checkpoint import EpochCheckpoint, resume_fit
 
 

@@ -6,12 +6,29 @@ import warnings as _warnings
 with _warnings.catch_warnings():  # fastai's import under torch 2.14 warns about torch.jit.script
     _warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
     from .averaging import ASGDWeightAveraging
-    from .data import (ClassifierLoader, LMLoader, ULMFiTDataLoaders, Vocab, classifier_dataloaders, load_bbc_news,
-                       lm_dataloaders, tokenize)
+    from .data import (
+        ClassifierLoader,
+        LMLoader,
+        ULMFiTDataLoaders,
+        Vocab,
+        classifier_dataloaders,
+        lm_dataloaders,
+        load_bbc_news,
+        tokenize,
+    )
     from .ensemble import ForwardBackwardEnsemble
     from .learner import encoder_state_dict, ulmfit_classifier_learner, ulmfit_lm_learner
-    from .models import (AWDLSTM, AWDLSTMConfig, AWDLSTMLanguageModel, BPT3CEncoder, PoolingClassifierHead,
-                         QRNNLayer, ULMFiTClassifier, from_fastai_state_dict, to_fastai_state_dict)
+    from .models import (
+        AWDLSTM,
+        AWDLSTMConfig,
+        AWDLSTMLanguageModel,
+        BPT3CEncoder,
+        PoolingClassifierHead,
+        QRNNLayer,
+        ULMFiTClassifier,
+        from_fastai_state_dict,
+        to_fastai_state_dict,
+    )
     from .precision import BF16Autocast
     from .pretrained import load_pretrained
     from .regularization import ActivationRegularizer

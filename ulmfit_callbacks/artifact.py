@@ -87,14 +87,19 @@ def save_model_folder(folder: str | os.PathLike, state_dict: dict, meta: dict, i
     """Write a model folder (see the module docstring). ``dtype``: store floats in this dtype (e.g. fp16)."""
     from safetensors.torch import save as st_save
     folder = Path(folder)
-    tensors = {}
+    tensors, tied, seen = {}, {}, {}
     for k, v in state_dict.items():
+        key = (v.data_ptr(), v.shape, v.stride(), v.dtype)
+        if key in seen:  # tied weights (embedding = decoder) are stored once
+            tied[k] = seen[key]
+            continue
+        seen[key] = k
         v = v.detach().cpu()
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
-        tensors[k] = v.contiguous().clone()  # tied weights are stored twice: safetensors refuses shared memory
+        tensors[k] = v.contiguous().clone()
     meta = dict(meta, format=FORMAT, vocab_sz=len(itos))
-    atomic_write(folder / "model.safetensors", st_save(tensors, metadata={"format": FORMAT}))
+    atomic_write(folder / "model.safetensors", st_save(tensors, metadata={"format": FORMAT, "tied": json.dumps(tied)}))
     write_json(folder / "config.json", meta)
     write_json(folder / "vocab.json", {"itos": list(itos)})
     if metrics is not None:
@@ -114,8 +119,11 @@ def read_model_folder(folder: str | os.PathLike) -> tuple[dict, list[str], dict]
         if not (folder / f).exists():
             raise FileNotFoundError(f"{folder} is not a saved model: {f} is missing")
     if weights.exists():
-        from safetensors.torch import load_file
-        state = load_file(str(weights))
+        from safetensors import safe_open
+        with safe_open(str(weights), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+            tied = json.loads((f.metadata() or {}).get("tied", "{}"))
+        state.update({k: state[v] for k, v in tied.items()})
     elif legacy.exists():
         state = torch.load(legacy, map_location="cpu", weights_only=True)
     else:

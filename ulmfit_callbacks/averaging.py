@@ -1,7 +1,6 @@
 """ASGD / NT-ASGD weight averaging (Merity et al. 2017, Sec. 3 and Algorithm 1) as a callback."""
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
@@ -210,7 +209,8 @@ class ASGDWeightAveraging(ResumableCallback):
         for i, (xb, *_) in enumerate(dl):
             if self.bn_batches is not None and i >= self.bn_batches:
                 break
-            model(xb.to(dev))
+            if xb.shape[0] > 1:  # BatchNorm cannot take training statistics of a single row
+                model(xb.to(dev))
         for m, mo in zip(bns, momenta):
             m.momentum = mo
         model.train(was_training)

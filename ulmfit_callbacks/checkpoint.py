@@ -8,15 +8,15 @@ unpickles arbitrary objects.
 from __future__ import annotations
 
 import json
-import os
 import numbers
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from fastai.callback.core import Callback
-from fastcore.foundation import L
 from fastai.learner import Learner
+from fastcore.foundation import L
 
 from .artifact import atomic_write
 from .base import ResumableCallback

@@ -115,8 +115,9 @@ def _setup(a, starts_from: str | None = None):
     device = _device(a)
     prec, cbs = _precision(a, device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    to_stdout = getattr(a, "out", None) == "-"  # standard output carries the data then
     print(f"ulmfit {a.command}: device {device} ({where}), precision {prec}"
-          + (f"; starts from {starts_from}" if starts_from else ""), flush=True)
+          + (f"; starts from {starts_from}" if starts_from else ""), flush=True, file=sys.stderr if to_stdout else sys.stdout)
     return device, cbs
 
 
@@ -132,8 +133,8 @@ _HELP = dict(epochs="training epochs", lr="peak learning rate (STLR's lr_max)", 
              "(--no-stlr: fastai's one-cycle)", cut_frac="STLR: fraction of iterations spent rising",
              ratio="STLR: lr_max / lr_min", discriminative="discriminative lrs (--no-discriminative: one lr)",
              decay="discriminative lrs: lr of layer l-1 = lr of layer l / decay (paper 2.6)",
-             gradual_unfreezing="gradual unfreezing, last layer first", unfreeze_schedule="epochs of each "
-             "unfreezing step, e.g. 1,1,2", asgd="NT-ASGD weight averaging", nonmono="NT-ASGD non-monotone interval",
+             gradual_unfreezing="gradual unfreezing, last layer first", unfreeze_schedule="trainable "
+             "parameter groups in each epoch, e.g. 1,2,3 (then all)", asgd="NT-ASGD weight averaging", nonmono="NT-ASGD non-monotone interval",
              asgd_start_epoch="average from this epoch on instead of the NT-ASGD trigger", wd="weight decay",
              drop_mult="multiplies every dropout (fastai's drop_mult)")
 
@@ -158,9 +159,10 @@ def _add_recipe(p, stage: str, base):
             g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{_HELP[name]} (default: {'on' if default else 'off'})")
         elif name == "unfreeze_schedule":
-            g.add_argument(flag, type=_schedule, default=None, help=f"{_HELP[name]} (default: one group per epoch)")
+            sched = ",".join(map(str, default)) if default else "one more group each epoch"
+            g.add_argument(flag, type=_schedule, default=None, help=f"{_HELP[name]} (default: {sched})")
         else:
-            typ = int if types[name].type in ("int", "int | None") else float
+            typ = _positive_int if name in ("epochs", "nonmono") else int if types[name].type in ("int", "int | None") else float
             g.add_argument(flag, type=typ, default=None, help=f"{_HELP[name]} (default: {default})")
     g.add_argument("--paper", action="store_true", help="start from the paper's recipe instead of ours")
     g.add_argument("--bs", type=_positive_int, default=32, help="batch size (default: 32)")
@@ -231,7 +233,7 @@ def cmd_finetune_lm(a):
         texts = texts + extra
     _, m = finetune_lm(texts, None, a.out, recipe, pretrained=pre, config=None if pre else _model_config(a),
                        backwards=a.backwards, bs=a.bs, bptt=a.bptt, max_vocab=a.max_vocab, cbs=cbs,
-                       keep_pretrained_vocab=a.keep_pretrained_vocab, device=device)
+                       keep_pretrained_vocab=a.keep_pretrained_vocab and pre is not None, device=device)
     print(f"stage 2 done: validation perplexity {m['perplexity']:.1f} -> {a.out}")
 
 
@@ -256,6 +258,7 @@ def _class_weights(spec: str | None, labels, classes):
 
 def cmd_train_classifier(a):
     from fastai.losses import CrossEntropyLossFlat
+
     from .data import split_train_valid
     from .pipeline import DEFAULT_CLASSIFIER, PAPER_CLASSIFIER, SCRATCH_CLASSIFIER, load_artifact, train_classifier
     meta = load_artifact(a.lm)[0]  # a missing or foreign LM folder fails before the data are read
@@ -307,6 +310,7 @@ def _classifiers(model_dir: str, device):
 def _predict_probs(model_dir, texts, device):
     """``(probs, classes, multi_label)``; batched with a progress line on large inputs."""
     import torch
+
     from .data import tokenize
     from .ensemble import predict_tokens
     learn, ens = _classifiers(model_dir, device)
@@ -322,6 +326,7 @@ def _predict_probs(model_dir, texts, device):
 
 def cmd_evaluate(a):
     import numpy as np
+
     from .evaluation import classification_metrics, classification_report_text, confusion_png
     if a.baseline and not a.train:
         raise UsageError("--baseline fits TF-IDF + logistic regression on --train FILE (the labelled training data)")
@@ -372,6 +377,7 @@ def _align(p, from_classes, to_classes):
 
 def cmd_predict(a):
     import pandas as pd
+
     from .evaluation import predict_dataframe
     if a.csv:
         if not a.out:
@@ -407,6 +413,20 @@ def cmd_predict(a):
             print(f"{r['predicted_labels']}\t{r['text']}")
         else:
             print(f"{r['predicted_label']}\t{r['probability']:.3f}\t{r['text']}")
+
+
+def cmd_export(a):
+    """A model folder (any version) rewritten in the current hub layout, optionally in fp16."""
+    import torch
+    from .artifact import read_model_folder, save_model_folder
+    meta, itos, state = read_model_folder(a.model)
+    metrics = json.loads((Path(a.model) / "metrics.json").read_text()) if (Path(a.model) / "metrics.json").exists() else None
+    if meta.get("kind") == "lm" and meta["config"].get("tie_weights") and "decoder.decoder.weight" in state:
+        state["decoder.decoder.weight"] = state["encoder.embedding.weight"]  # stored once
+    meta = {k: v for k, v in meta.items() if k not in ("format", "vocab_sz")}
+    save_model_folder(a.out, state, meta, itos, metrics, dtype=torch.float16 if a.half else None)
+    size = sum(f.stat().st_size for f in Path(a.out).iterdir()) / 2**20
+    print(f"exported {a.model} -> {a.out} ({size:.1f} MiB{', fp16 weights' if a.half else ''})")
 
 
 # ----------------------------------------------------------------------------------------- parser
@@ -473,8 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "folder, a Hugging Face Hub id, or 'none' for random weights (default: general)")
     p.add_argument("--unlabelled", help="more text for LM fine-tuning: a .txt file (one text per line) or a CSV "
                    "with a text column")
-    p.add_argument("--keep-pretrained-vocab", action="store_true",
-                   help="also keep the stage-1 tokens the task text lacks (they keep their pretrained embeddings)")
+    p.add_argument("--keep-pretrained-vocab", action=argparse.BooleanOptionalAction, default=True,
+                   help="also keep the stage-1 tokens the task text lacks, with their pretrained embeddings "
+                   "(default: on)")
     _add_lm(p)
     _add_model(p)
     _add_recipe(p, "lm", DEFAULT_LM)
@@ -522,6 +543,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="multi-label decision threshold (default: 0.5)")
     _add_hardware(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="rewrite a model folder in the hub layout (safetensors), e.g. in fp16 to ship")
+    p.add_argument("model", help="a model folder written by any stage (also the earlier weights.pt folders)")
+    p.add_argument("out", help="folder to write")
+    p.add_argument("--half", action="store_true", help="store the weights in fp16 (half the size; loaded as fp32)")
+    p.set_defaults(func=cmd_export)
     return ap
 
 

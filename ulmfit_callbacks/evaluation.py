@@ -80,6 +80,7 @@ def confusion_png(y_true, y_pred, classes, path: str | Path, title: str):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     from .artifact import atomic_write
     classes = [str(c) for c in classes]
     idx = {c: i for i, c in enumerate(classes)}

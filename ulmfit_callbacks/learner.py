@@ -12,12 +12,12 @@ from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
 from fastai.metrics import Perplexity, accuracy, accuracy_multi
 from fastai.optimizer import Adam
 
+from .artifact import read_model_folder, resolve_model
 from .data import ULMFiTDataLoaders
 from .losses import LMLoss
 from .memory import ReleaseMemory
 from .models.awd_lstm import AWDLSTM, CLASSIFIER_DROPOUTS, AWDLSTMConfig, AWDLSTMLanguageModel
 from .models.classifier import BPT3CEncoder, PoolingClassifierHead, ULMFiTClassifier
-from .artifact import read_model_folder, resolve_model
 from .pretrained import find_pretrained_files, load_pretrained, wt103_files
 from .regularization import ActivationRegularizer
 from .splitters import classifier_splitter, lm_splitter

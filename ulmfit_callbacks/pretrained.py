@@ -13,7 +13,7 @@ from torch import nn
 from .data import Vocab
 from .models.awd_lstm import from_fastai_state_dict
 
-__all__ = ["PretrainedReport", "load_pretrained", "read_itos", "find_pretrained_files", "wt103_files"]
+__all__ = ["PretrainedReport", "load_pretrained", "load_weights_file", "read_itos", "find_pretrained_files", "wt103_files"]
 
 
 @dataclass
@@ -42,6 +42,63 @@ def read_itos(path: str | os.PathLike) -> list[str]:
     if not isinstance(obj, list) or not all(isinstance(t, str) for t in obj):
         raise ValueError(f"{path} does not hold a list of tokens")
     return obj
+
+
+class _Inert:
+    """Stands in for any class a checkpoint names beyond tensors and containers: holds its
+    arguments and state, runs none of its code."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __call__(self, *args, **kwargs):
+        return _Inert(*args, **kwargs)
+
+
+_TENSOR_GLOBALS = {("collections", "OrderedDict"), ("torch", "Size"), ("torch", "device")}
+
+
+class _TensorsOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _TENSOR_GLOBALS or (module == "torch._utils" and name.startswith("_rebuild_")) \
+                or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        return _Inert  # e.g. fastcore's L or fastai's optimizer state classes
+
+
+class _TensorsOnly:  # a pickle module for torch.load: everything but tensors becomes inert
+    Unpickler = _TensorsOnlyUnpickler
+    load = pickle.load
+
+
+def load_weights_file(path: str | os.PathLike) -> dict:
+    """A state dict from a ``.pth``/``.pt`` file, never running code from the file.
+
+    Read with ``weights_only=True``; a file that fails that check because it also holds
+    other objects (fastai's ``Learner.save(with_opt=True)`` writes ``{'model': ..., 'opt': ...}``
+    with fastcore objects in the optimizer state) is read again with every class except tensors
+    replaced by an inert stand-in, and only its ``'model'`` part is kept.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_TensorsOnly)
+        except Exception as e:
+            raise ValueError(f"{path} is not a readable weights file: {e}") from None
+        if not (isinstance(obj, dict) and isinstance(obj.get("model"), dict)):
+            raise ValueError(f"{path} holds objects other than tensors and no 'model' state dict: refused "
+                             "(loading it would mean running code from the file)") from None
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable weights file: {e}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return dict(obj)
 
 
 def find_pretrained_files(folder: str | os.PathLike) -> tuple[Path, Path]:
@@ -74,7 +131,7 @@ def load_pretrained(model: nn.Module, weights: str | os.PathLike | dict, itos: s
     """
     source = str(weights) if not isinstance(weights, dict) else "a state dict"
     if not isinstance(weights, dict):
-        weights = torch.load(weights, map_location="cpu", weights_only=True)
+        weights = load_weights_file(weights)
     if "model" in weights and isinstance(weights["model"], dict):
         weights = weights["model"]
     if any(k.startswith("0.") for k in weights):
