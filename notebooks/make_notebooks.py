@@ -3,9 +3,9 @@ import nbformat as nbf
 
 SETUP = """import os, time, warnings
 warnings.filterwarnings('ignore')
-QUICK = os.environ.get('ULMFIT_QUICK') == '1'   # CI sets this to shrink the work
-DATA = '../../shared/data' if os.path.exists('../../shared/data') else '../shared/data'
-import torch; torch.manual_seed(0)"""
+QUICK = os.environ.get('ULMFIT_QUICK') == '1'   # CI sets this: fewer articles and epochs, the same models
+import numpy as np, pandas as pd, torch
+torch.manual_seed(0)"""
 
 
 def nb(cells, path):
@@ -16,126 +16,145 @@ def nb(cells, path):
 
 
 nb([
-"""md:# ULMFiT quickstart: the three stages with the API
+"""md:# ULMFiT quickstart: the three stages with the API, beside TF-IDF
 
-The embedded BBC News data (2,225 articles, 5 classes), a CPU-sized AWD-LSTM, and every
-behaviour of the paper: discriminative fine-tuning, slanted triangular learning rates,
-gradual unfreezing, forward and backward models and their ensemble. The CLI's `ulmfit demo`
-runs the same steps.""",
+The embedded BBC News data (2,225 articles, 5 classes). Stage 1 is the general-domain
+AWD-LSTM shipped with the package (`pretrained="general"`, see `ulmfit_callbacks/weights/MODEL_CARD.md`);
+stage 2 fine-tunes it on the training articles with discriminative and slanted triangular
+learning rates; stage 3 trains forward and backward classifiers with gradual unfreezing, and
+the ensemble averages them. TF-IDF + logistic regression on the same split is the baseline.
+`ulmfit demo` runs the same steps on all the articles.""",
 SETUP,
 """from ulmfit_callbacks import *
+from ulmfit_callbacks.baseline import TfidfBaseline
+from ulmfit_callbacks.demo import split_indices
 df = load_bbc_news()
-if QUICK: df = df.sample(800, random_state=0).reset_index(drop=True)
-import numpy as np
-perm = np.random.default_rng(0).permutation(len(df))
-test, valid, train = np.split(perm, [len(df) // 5, len(df) // 5 + len(df) // 10])
+if QUICK: df = df.sample(700, random_state=0).reset_index(drop=True)
+train, valid, test = split_indices(len(df), seed=0)
 toks = tokenize(df.text.tolist(), n_workers=2)
 pick = lambda idx: [toks[i] for i in idx]
+labels = df.label.tolist()
+lab = lambda idx: [labels[i] for i in idx]
+max_tokens = 256 if QUICK else 512
 print(len(train), 'train /', len(valid), 'valid /', len(test), 'test articles;', sum(map(len, toks)), 'tokens')""",
-"""md:## Stage 2: fine-tune the language model (here from random weights; pass `pretrained=` for stage-1 weights)""",
-"""cfg = AWDLSTMConfig(emb_sz=32, n_hid=64, n_layers=2) if QUICK else AWDLSTMConfig(emb_sz=64, n_hid=256, n_layers=2)
-max_tokens = 150 if QUICK else 400
-lm_dls = lm_dataloaders(None, tokens=(pick(train), pick(valid)), bs=32, bptt=70, max_vocab=8000)
-lm = ulmfit_lm_learner(lm_dls, config=cfg)
-stlr_cb = SlantedTriangularLR(lr_max=1e-2)
-lm.fit(1, cbs=[stlr_cb, DiscriminativeLR(decay=2.6)])
-stlr_cb.plot();""",
-"""md:## Stage 3: the classifier, forward and backward, with gradual unfreezing""",
-"""labels = df.label.tolist()
-learners = {}
+"""md:## Stage 2: fine-tune the shipped LM on the training articles""",
+"""learners = {}
 for backwards in (False, True):
-    lm_b = lm
-    if backwards:   # the backward LM: the same pipeline on reversed token order
-        lm_b = ulmfit_lm_learner(lm_dataloaders(None, tokens=(pick(train), pick(valid)), bs=32, bptt=70,
-                                                vocab=lm_dls.vocab, backwards=True), config=cfg)
-        lm_b.fit(1, cbs=[SlantedTriangularLR(1e-2), DiscriminativeLR()])
-    dls = classifier_dataloaders(None, [labels[i] for i in train], vocab=lm_dls.vocab, valid_labels=[labels[i] for i in valid],
+    lm_dls = lm_dataloaders(None, tokens=(pick(train), pick(valid)), bs=32, bptt=70, backwards=backwards)
+    lm = ulmfit_lm_learner(lm_dls, pretrained='general')          # sizes and weights from the shipped LM
+    stlr_cb = SlantedTriangularLR(lr_max=1e-2)
+    lm.fit(1, cbs=[stlr_cb, DiscriminativeLR(decay=2.6), BF16Autocast()])
+    learners['lm_bwd' if backwards else 'lm_fwd'] = lm
+stlr_cb.plot();""",
+"""md:## Stage 3: forward and backward classifiers (gradual unfreezing, averaging of the last epochs)""",
+"""for backwards in (False, True):
+    lm = learners['lm_bwd' if backwards else 'lm_fwd']
+    dls = classifier_dataloaders(None, lab(train), vocab=lm.dls.vocab, valid_labels=lab(valid),
                                  tokens=(pick(train), pick(valid)), backwards=backwards, max_tokens=max_tokens, bs=32)
-    clf = ulmfit_classifier_learner(dls, config=cfg, encoder=lm_b, drop_mult=0.3 if QUICK else 1.0)  # tiny model: less dropout
-    clf.fit(5 if QUICK else 8, cbs=[SlantedTriangularLR(2e-2), DiscriminativeLR(), GradualUnfreezing([1, 2])])
+    clf = ulmfit_classifier_learner(dls, encoder=lm, config=lm.model.config, drop_mult=0.5)
+    clf.fit(4, cbs=[SlantedTriangularLR(1e-2), DiscriminativeLR(decay=1.0), GradualUnfreezing([1, 2, 3]),
+                    ASGDWeightAveraging(start_epoch=2), BF16Autocast()])
+    clf.max_tokens = max_tokens
     learners['backward' if backwards else 'forward'] = clf""",
-"""md:## Test accuracy of each direction and of the ensemble""",
-"""from ulmfit_callbacks.ensemble import predict_tokens
-y = np.array([learners['forward'].dls.classes.index(labels[i]) for i in test])
-probs = {k: predict_tokens(l, pick(test), max_tokens=max_tokens) for k, l in learners.items()}
-ens = ForwardBackwardEnsemble(learners['forward'], learners['backward'])
-probs['ensemble'] = (probs['forward'] + probs['backward']) / 2
-for k, p in probs.items():
-    print(f'{k:9s} test accuracy {(p.argmax(1).numpy() == y).mean():.3f}')
-print(ens.predict('The striker scored twice as the champions won the cup final'))""",
+"""md:## Test accuracy: each direction, the ensemble, and TF-IDF + LR on the same split""",
+"""ens = ForwardBackwardEnsemble(learners['forward'], learners['backward'])
+probs = ens.predict_proba(tokens=pick(test))
+y = np.array(lab(test))
+acc = {k: float((np.array(ens.classes)[p.argmax(1).numpy()] == y).mean()) for k, p in probs.items()}
+base = TfidfBaseline().fit([df.text[i] for i in train], lab(train))
+acc['TF-IDF + LR'] = base.accuracy([df.text[i] for i in test], lab(test))
+print(ens.predict('The striker scored twice as the champions won the cup final')[0])
+pd.Series(acc, name='test accuracy').to_frame()""",
 ], "notebooks/01_quickstart.ipynb")
 
 nb([
-"""md:# Our callbacks in a stock fastai training loop
+"""md:# Our callbacks in a stock fastai training loop, from the shipped LM
 
-fastai's own `AWD_LSTM`, `language_model_learner` and `text_classifier_learner`; each ULMFiT
-behaviour added as a callback: `SlantedTriangularLR`, `DiscriminativeLR`, `GradualUnfreezing`,
-`ASGDWeightAveraging`. Data: a slice of TREC-6.""",
+fastai's own `AWD_LSTM`, `language_model_learner` and `text_classifier_learner`, started from
+the shipped general-domain LM (converted to fastai's parameter names by `to_fastai_state_dict`);
+each ULMFiT behaviour added as a callback: `SlantedTriangularLR`, `DiscriminativeLR`,
+`GradualUnfreezing`, `ASGDWeightAveraging`. Data: short BBC News texts (headline and first paragraph).""",
 SETUP,
-"""import pandas as pd
-from fastai.text.all import *
-from ulmfit_callbacks import SlantedTriangularLR, DiscriminativeLR, GradualUnfreezing, ASGDWeightAveraging
-df = pd.read_csv(f'{DATA}/trec6/train.csv').iloc[: 400 if QUICK else 3000]
-small = dict(emb_sz=32, n_hid=64, n_layers=2) if QUICK else dict(emb_sz=100, n_hid=300, n_layers=3)
-dls_lm = TextDataLoaders.from_df(df, text_col='text', is_lm=True, valid_pct=0.1, bs=32, seq_len=20, seed=0)""",
-"""md:## Language model: STLR + discriminative lrs + NT-ASGD on fastai's `AWD_LSTM`""",
-"""learn = language_model_learner(dls_lm, AWD_LSTM, config=dict(awd_lstm_lm_config, **small), pretrained=False,
+"""from fastai.text.all import *
+from ulmfit_callbacks import (SlantedTriangularLR, DiscriminativeLR, GradualUnfreezing, ASGDWeightAveraging,
+                              AWDLSTMConfig, AWDLSTMLanguageModel, load_bbc_news, to_fastai_state_dict)
+from ulmfit_callbacks.artifact import read_model_folder, shipped_model_path
+from ulmfit_callbacks.pretrained import load_pretrained
+bbc = load_bbc_news(verbose=False)
+parts = bbc.text.str.split('\\n')
+df = pd.DataFrame({'text': parts.str[0] + '. ' + parts.apply(lambda p: next((x for x in p[1:] if x.strip()), '')),
+                   'label': bbc.label}).sample(frac=1, random_state=0).reset_index(drop=True)
+df = df.iloc[: 800 if QUICK else 2225]
+meta, itos, state = read_model_folder(shipped_model_path('general'))
+sizes = {k: meta['config'][k] for k in ('emb_sz', 'n_hid', 'n_layers')}
+dls_lm = TextDataLoaders.from_df(df, text_col='text', is_lm=True, valid_pct=0.1, bs=32, seq_len=40, seed=0)
+print(sizes, len(dls_lm.vocab), 'tokens in fastai\\'s vocabulary')""",
+"""md:## Language model: fastai's `AWD_LSTM` with the shipped weights, STLR + discriminative lrs + averaging""",
+"""learn = language_model_learner(dls_lm, AWD_LSTM, config=dict(awd_lstm_lm_config, **sizes), pretrained=False,
                                metrics=[accuracy, Perplexity()])
+tmp = AWDLSTMLanguageModel(len(dls_lm.vocab), AWDLSTMConfig(**sizes))
+print(load_pretrained(tmp, state, itos, list(dls_lm.vocab)))     # rows matched by token into fastai's vocabulary
+learn.model.load_state_dict(to_fastai_state_dict(tmp.state_dict()))
+print('before fine-tuning:', learn.validate())
 stlr_cb = SlantedTriangularLR(lr_max=1e-2)
-asgd = ASGDWeightAveraging(start_epoch=1)   # or ASGDWeightAveraging() for the NT-ASGD trigger
-learn.fit(2 if QUICK else 4, cbs=[stlr_cb, DiscriminativeLR(), asgd])
+asgd = ASGDWeightAveraging(start_epoch=1)
+learn.fit(2, cbs=[stlr_cb, DiscriminativeLR(), asgd])
 print('averaging started at iteration', asgd.start_iter, '; iterates averaged:', asgd.n_averaged)
 fig = stlr_cb.plot()   # one line per parameter group: fastai's LM groups put embedding+decoder last""",
 """md:## Classifier: gradual unfreezing inside one `fit`, with STLR over the whole fit""",
 """dls_clas = TextDataLoaders.from_df(df, text_col='text', label_col='label', valid_pct=0.2, bs=32, seed=0,
                                    text_vocab=dls_lm.vocab)
-clas = text_classifier_learner(dls_clas, AWD_LSTM, config=dict(awd_lstm_clas_config, **small), pretrained=False,
-                               metrics=accuracy)
+clas = text_classifier_learner(dls_clas, AWD_LSTM, config=dict(awd_lstm_clas_config, **sizes), pretrained=False,
+                               drop_mult=0.5, metrics=accuracy)
 clas.model[0].module.load_state_dict(learn.model[0].state_dict())   # the fine-tuned encoder
 gu = GradualUnfreezing()
-clas_stlr = SlantedTriangularLR(lr_max=2e-2)
-clas.fit(4, cbs=[clas_stlr, DiscriminativeLR(), gu])
+clas_stlr = SlantedTriangularLR(lr_max=1e-2)
+clas.fit(4, cbs=[clas_stlr, DiscriminativeLR(decay=1.0), gu])
 print('trainable groups per epoch:', [gu.trainable_groups(e, len(clas.opt.param_lists)) for e in range(4)])
 fig = clas_stlr.plot()""",
 ], "notebooks/02_dropin_callbacks.ipynb")
 
 nb([
-"""md:# TREC-6: the three stages, the ensemble, and a model from scratch
+"""md:# Your own CSV: the stage functions, evaluation beside TF-IDF, predictions as a table
 
-Stage 1 on the general corpus (`../shared/data/general`, 2.7 M words), stage 2 on the TREC-6
-training questions, stage 3 forward and backward classifiers, against the same classifier
-trained from scratch. CPU-sized; `benchmarks/` has the full, multi-seed comparison.""",
+What `ulmfit finetune-lm`, `train-classifier`, `evaluate --baseline` and `predict --csv` do,
+from Python. The CSV here is written from short BBC News texts (headline and first paragraph);
+put your own file in its place. Text columns are read as text (a review that says "None" stays
+"None"), empty texts are skipped in training and kept in prediction.""",
 SETUP,
-"""import pandas as pd, numpy as np
-from ulmfit_callbacks import *
-from ulmfit_callbacks.pipeline import Recipe, pretrain_lm, finetune_lm, train_classifier, load_classifier
+"""from ulmfit_callbacks import load_bbc_news
+from ulmfit_callbacks.data import read_texts, split_train_valid
+from ulmfit_callbacks.pipeline import DEFAULT_LM, DEFAULT_CLASSIFIER, finetune_lm, train_classifier, load_classifier
 from ulmfit_callbacks.ensemble import predict_texts
-g_train = pd.read_csv(f'{DATA}/general/train.csv').text.tolist()
-g_valid = pd.read_csv(f'{DATA}/general/valid.csv').text.tolist()
-tr, te = pd.read_csv(f'{DATA}/trec6/train.csv'), pd.read_csv(f'{DATA}/trec6/test.csv')
-n_general = 300 if QUICK else 6000            # paragraphs of the general corpus for stage 1
-cfg = AWDLSTMConfig(emb_sz=16, n_hid=32, n_layers=2) if QUICK else AWDLSTMConfig(emb_sz=200, n_hid=400, n_layers=3)
-if QUICK: tr = tr.sample(600, random_state=0)""",
-"""t = time.time()
-results = {}
-for backwards in (False, True):
-    d = 'bwd' if backwards else 'fwd'
-    _, m1 = pretrain_lm(g_train[:n_general], g_valid[:300], f'runs/trec/general_{d}', cfg, Recipe(epochs=1, lr=1e-2),
-                        backwards=backwards, bptt=70)
-    _, m2 = finetune_lm(tr.text.tolist(), te.text.tolist()[:100], f'runs/trec/lm_{d}', Recipe(epochs=2, lr=1e-2),
-                        pretrained=f'runs/trec/general_{d}', backwards=backwards, bptt=20)
-    _, m3 = train_classifier(tr.text, tr.label, te.text, te.label, f'runs/trec/clf_{d}',
-                             Recipe(epochs=5, lr=3e-2, unfreeze_schedule=[1, 2]), lm=f'runs/trec/lm_{d}', backwards=backwards)
-    results[d] = m3['accuracy']
-    print(d, 'stage-1 ppl', round(m1['perplexity'], 1), '| stage-2 ppl', round(m2['perplexity'], 1), '| test acc', round(m3['accuracy'], 4))
-print(f'{(time.time() - t) / 60:.1f} min')""",
-"""fwd, bwd = load_classifier('runs/trec/clf_fwd'), load_classifier('runs/trec/clf_bwd')
-ens = ForwardBackwardEnsemble(fwd, bwd)
-probs, _ = ens.get_preds(te.text.tolist())
-results['ensemble'] = float((np.array(ens.classes)[probs.argmax(1).numpy()] == te.label.values).mean())
-lm_vocab = fwd.dls.vocab
-_, scratch = train_classifier(tr.text, tr.label, te.text, te.label, 'runs/trec/scratch', Recipe(epochs=5, lr=3e-2, unfreeze_schedule=[1, 2]),
-                              config=cfg, vocab=lm_vocab)
-results['from scratch'] = scratch['accuracy']
-pd.Series(results, name='TREC-6 test accuracy').to_frame()""",
-], "notebooks/03_trec6.ipynb")
+from ulmfit_callbacks.evaluation import classification_metrics, predict_dataframe
+from ulmfit_callbacks.baseline import TfidfBaseline
+import dataclasses
+bbc = load_bbc_news(verbose=False)
+parts = bbc.text.str.split('\\n')
+df = pd.DataFrame({'id': range(len(bbc)), 'text': parts.str[0] + '. ' + parts.apply(lambda p: next((x for x in p[1:] if x.strip()), '')),
+                   'label': bbc.label}).sample(frac=1, random_state=1)
+n_test = 425
+df.iloc[n_test:].to_csv('my_train.csv', index=False)
+df.iloc[:n_test].to_csv('my_test.csv', index=False)
+texts, labels = read_texts('my_train.csv', 'text', 'label')
+if QUICK: texts, labels = texts[:900], labels[:900]
+(tr_x, tr_y), (va_x, va_y) = split_train_valid(texts, labels, 0.1, seed=0)
+print(len(tr_x), 'training rows,', len(va_x), 'validation rows')""",
+"""lm_recipe = dataclasses.replace(DEFAULT_LM, epochs=1 if QUICK else DEFAULT_LM.epochs)
+clf_recipe = dataclasses.replace(DEFAULT_CLASSIFIER, epochs=4 if QUICK else DEFAULT_CLASSIFIER.epochs, asgd_start_epoch=-2)
+_, lm_metrics = finetune_lm(tr_x, va_x, 'runs/my_lm', lm_recipe, pretrained='general')
+_, clf_metrics = train_classifier(tr_x, tr_y, va_x, va_y, 'runs/my_clf', clf_recipe, lm='runs/my_lm')
+print('LM perplexity', round(lm_metrics['perplexity'], 1), '| validation accuracy', round(clf_metrics['accuracy'], 4))""",
+"""md:## Test metrics, beside TF-IDF + logistic regression fitted on the same training file""",
+"""test_x, test_y = read_texts('my_test.csv', 'text', 'label', skip_empty=False)
+clf = load_classifier('runs/my_clf')
+probs = predict_texts(clf, test_x).numpy()
+ours = classification_metrics(test_y, probs, clf.dls.classes)
+base = TfidfBaseline().fit(texts, labels)
+tfidf = classification_metrics(test_y, base.predict_proba(test_x), base.classes)
+pd.DataFrame({'ULMFiT (forward)': {k: ours[k] for k in ('accuracy', 'macro_f1')},
+              'TF-IDF + LR': {k: tfidf[k] for k in ('accuracy', 'macro_f1')}})""",
+"""md:## Predictions next to the user's columns""",
+"""test_df = pd.read_csv('my_test.csv', dtype=str, keep_default_na=False)
+predict_dataframe(test_df, probs, clf.dls.classes).head()""",
+], "notebooks/03_your_csv.ipynb")

@@ -70,9 +70,9 @@ def _read_lines(path: str) -> list[str]:
 # -------------------------------------------------------------------------- device and precision
 def _device(a):
     import torch
-    from fastai.torch_core import default_device
+    from . import data
     if a.device == "auto":
-        return default_device()
+        return data.default_device()  # fastai's: the GPU when there is one
     try:
         d = torch.device(a.device)
     except RuntimeError:
