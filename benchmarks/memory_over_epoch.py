@@ -26,7 +26,6 @@ VARIANTS = ("ours", "ours_no_release", "fastai")
 
 
 def child(args):
-    import numpy as np
     import pandas as pd
     import torch
     torch.set_num_threads(1)

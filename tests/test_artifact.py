@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from ulmfit_callbacks import AWDLSTMConfig, AWDLSTMLanguageModel, lm_dataloaders, ulmfit_lm_learner
-from ulmfit_callbacks.artifact import (atomic_write, read_model_folder, resolve_model, save_model_folder,
-                                       shipped_model_path)
+from ulmfit_callbacks.artifact import atomic_write, read_model_folder, resolve_model, save_model_folder, shipped_model_path
 from ulmfit_callbacks.cli import main as cli_main
 
 

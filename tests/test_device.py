@@ -3,8 +3,7 @@ import pytest
 import torch
 
 import ulmfit_callbacks.data as data_mod
-from ulmfit_callbacks import (AWDLSTMConfig, classifier_dataloaders, lm_dataloaders, ulmfit_classifier_learner,
-                              ulmfit_lm_learner)
+from ulmfit_callbacks import AWDLSTMConfig, classifier_dataloaders, lm_dataloaders, ulmfit_classifier_learner, ulmfit_lm_learner
 from ulmfit_callbacks.cli import build_parser
 from ulmfit_callbacks.pipeline import Recipe, finetune_lm, load_classifier, train_classifier
 

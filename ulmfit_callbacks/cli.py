@@ -70,6 +70,7 @@ def _read_lines(path: str) -> list[str]:
 # -------------------------------------------------------------------------- device and precision
 def _device(a):
     import torch
+
     from . import data
     if a.device == "auto":
         return data.default_device()  # fastai's: the GPU when there is one
@@ -418,6 +419,7 @@ def cmd_predict(a):
 def cmd_export(a):
     """A model folder (any version) rewritten in the current hub layout, optionally in fp16."""
     import torch
+
     from .artifact import read_model_folder, save_model_folder
     meta, itos, state = read_model_folder(a.model)
     metrics = json.loads((Path(a.model) / "metrics.json").read_text()) if (Path(a.model) / "metrics.json").exists() else None
