@@ -1,9 +1,7 @@
 """Small helpers shared by the callback tests."""
 import inspect
 
-from fastai.callback.core import Callback, event
-
-EVENTS = set(event.__dict__) if hasattr(event, "__dict__") else set()
+from fastai.callback.core import Callback
 
 
 class LRTrace(Callback):

@@ -20,17 +20,6 @@ class IterateRecorder(Callback):
         self.iterates.append({n: p.detach().clone() for n, p in self.model.named_parameters()})
 
 
-class ValidationProbe(Callback):
-    order = 100
-
-    def __init__(self):
-        self.seen = []
-
-    def before_validate(self):
-        if getattr(self.learn, "training", True) is not None:
-            self.seen.append({n: p.detach().clone() for n, p in self.model.named_parameters()})
-
-
 def _mean(iterates, start):
     keys = iterates[0].keys()
     return {k: torch.stack([it[k] for it in iterates[start:]]).mean(0) for k in keys}
@@ -89,14 +78,17 @@ def test_nt_trigger_on_scripted_losses(losses, nonmono, fires_at):
 def test_validation_sees_averaged_weights_and_swap_is_bit_exact(lm_dls, tiny_config):
     learn = ulmfit_lm_learner(lm_dls, config=tiny_config)
     asgd = ASGDWeightAveraging(start=3, keep_raw=True)
+    rec = IterateRecorder()
 
     class Check(Callback):
         order = 100
 
         def before_validate(self):
             self.raw_expected = {n: t.clone() for n, t in asgd.avg.items()}  # swapped: avg holds the raw now
+            expected = _mean(rec.iterates, 3)  # independent of the callback: the mean of the recorded iterates
             for n, p in self.model.named_parameters():
-                torch.testing.assert_close(p.float(), asgd.avg[n] * 0 + p.float())
+                torch.testing.assert_close(p, expected[n], atol=1e-6, rtol=1e-5)
+                assert not torch.equal(p, rec.iterates[-1][n]), n  # not the raw weights
 
         def after_epoch(self):
             for n, p in self.model.named_parameters():
@@ -104,7 +96,7 @@ def test_validation_sees_averaged_weights_and_swap_is_bit_exact(lm_dls, tiny_con
             self.ok = True
     chk = Check()
     with learn.no_bar(), learn.no_logging():
-        learn.fit(2, 1e-3, cbs=[asgd, chk])
+        learn.fit(2, 1e-3, cbs=[asgd, rec, chk])
     assert chk.ok
 
 

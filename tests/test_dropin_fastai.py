@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from fastai.callback.core import Callback
 from fastai.text.all import (
     AWD_LSTM,
     TextDataLoaders,
@@ -38,16 +39,24 @@ def test_all_callbacks_on_language_model_learner(fastai_dls):
     lm, _ = fastai_dls
     learn = language_model_learner(lm, AWD_LSTM, config=dict(awd_lstm_lm_config, **SMALL), pretrained=False)
     trace, asgd = LRTrace(), ASGDWeightAveraging(start=5)
+    raws = []
+
+    class Iterates(Callback):
+        order = 100
+
+        def after_step(self):
+            raws.append(self.model[0].rnns[0].weight_hh_l0_raw.detach().clone())
     with learn.no_bar(), learn.no_logging():
-        learn.fit(2, cbs=[SlantedTriangularLR(1e-2), DiscriminativeLR(), asgd, trace])
+        learn.fit(2, cbs=[SlantedTriangularLR(1e-2), DiscriminativeLR(), asgd, trace, Iterates()])
     lrs = np.array(trace.lrs)
     T = 2 * len(lm.train)
     assert lrs.shape == (T, 3)  # fastai's LM splitter: 2 layers, then embedding + decoder
     assert lrs[:, -1] == pytest.approx([stlr(t, T) for t in range(T)])
     assert lrs[:, :-1] == pytest.approx(lrs[:, 1:] / 2.6)
     assert asgd.n_averaged == T - 5
-    raw = learn.model[0].rnns[0].weight_hh_l0_raw
-    torch.testing.assert_close(raw, asgd.avg["0.rnns.0.weight_hh_l0_raw"] * 0 + raw)  # averaged weights in place
+    raw = learn.model[0].rnns[0].weight_hh_l0_raw  # the averaged weights are in place after the fit
+    torch.testing.assert_close(raw, torch.stack(raws[5:]).mean(0), atol=1e-6, rtol=1e-5)
+    assert not torch.equal(raw, raws[-1])
 
 
 def test_our_ar_tar_on_fastai_lm_and_one_token_batches(fastai_dls):

@@ -54,7 +54,13 @@ def test_deepcopy_and_averaged_model(tiny_config):
     for (n, a), (_, b) in zip(m.state_dict().items(), c.state_dict().items()):
         assert torch.equal(a, b), n
     avg = torch.optim.swa_utils.AveragedModel(m)
+    with torch.no_grad():
+        for p in c.parameters():
+            p.add_(1.0)
     avg.update_parameters(m)
+    avg.update_parameters(c)  # the running mean of m and c = m + 1 is m + 0.5, the tied weight included
+    for (n, a), (_, b) in zip(m.named_parameters(), avg.module.named_parameters()):
+        torch.testing.assert_close(b, a + 0.5, msg=n)
     assert c.decoder.decoder.weight is c.encoder.embedding.weight  # tying survives the copy
 
 

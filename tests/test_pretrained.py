@@ -85,3 +85,26 @@ def test_a_fastai_vocab_list_with_xxfake_padding_is_accepted(fastai_archive, tin
     emb = model.encoder.embedding.weight
     assert torch.equal(emb[itos.index("what")], fa[0].encoder.weight[old_itos.index("what")])
     torch.testing.assert_close(emb[-1], fa[0].encoder.weight.mean(0))
+
+
+def test_a_fastai_save_with_optimizer_state_loads_without_running_its_code(tmp_path, lm_dls, tiny_config):
+    """fastai's Learner.save(with_opt=True) pickles fastcore objects beside the weights: only tensors are read."""
+    import pandas as pd
+    from fastai.text.all import TextDataLoaders, language_model_learner
+    df = pd.DataFrame({"text": ["the cat sat on the mat and what is who"] * 40})
+    dls = TextDataLoaders.from_df(df, text_col="text", is_lm=True, valid_pct=0.1, bs=4, seq_len=4, seed=0)
+    cfg = dict(awd_lstm_lm_config, emb_sz=tiny_config.emb_sz, n_hid=tiny_config.n_hid, n_layers=tiny_config.n_layers)
+    fa = language_model_learner(dls, AWD_LSTM, config=cfg, pretrained=False)
+    with fa.no_bar(), fa.no_logging():
+        fa.fit(1, 1e-3)
+    fa.path, fa.model_dir = tmp_path, "."
+    fa.save("fa", with_opt=True)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / "fa.pth", weights_only=True)  # what the weights-only loader alone says
+    (tmp_path / "itos.pkl").write_bytes(pickle.dumps(list(dls.vocab)))
+    learn = ulmfit_lm_learner(lm_dls, config=tiny_config, pretrained=(tmp_path / "fa.pth", tmp_path / "itos.pkl"))
+    i, j = lm_dls.vocab.stoi["the"], list(dls.vocab).index("the")
+    assert torch.equal(learn.model.encoder.embedding.weight[i], fa.model[0].encoder.weight[j].detach())
+    (tmp_path / "evil.pth").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="not a readable weights file"):
+        ulmfit_lm_learner(lm_dls, config=tiny_config, pretrained=(tmp_path / "evil.pth", tmp_path / "itos.pkl"))

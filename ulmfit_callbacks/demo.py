@@ -28,7 +28,7 @@ __all__ = ["DEMO_SIZES", "split_indices", "run_demo"]
 # "full": the README's main job (about 10 minutes on 2 CPU cores). "tiny": a smoke run for
 # tests (a 300-article sample; with pretrained=None a tiny random LM).
 DEMO_SIZES = {
-    "full": dict(lm=dataclasses.replace(DEFAULT_LM, epochs=1), clf=dataclasses.replace(DEFAULT_CLASSIFIER, epochs=4),
+    "full": dict(lm=dataclasses.replace(DEFAULT_LM, epochs=1), clf=DEFAULT_CLASSIFIER,
                  max_tokens=512, n_docs=None,
                  scratch_config=AWDLSTMConfig(emb_sz=64, n_hid=256, n_layers=2)),
     "tiny": dict(lm=dataclasses.replace(DEFAULT_LM, epochs=1), clf=dataclasses.replace(DEFAULT_CLASSIFIER, epochs=2),
