@@ -1,11 +1,12 @@
 """ULMFiT (Howard & Ruder 2018) for fastai, as pluggable callbacks, splitters and models."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 import warnings as _warnings
 
 with _warnings.catch_warnings():  # fastai's import under torch 2.14 warns about torch.jit.script
     _warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
     from .averaging import ASGDWeightAveraging
+    from .baseline import TfidfBaseline
     from .data import (
         ClassifierLoader,
         LMLoader,
@@ -18,6 +19,7 @@ with _warnings.catch_warnings():  # fastai's import under torch 2.14 warns about
     )
     from .ensemble import ForwardBackwardEnsemble
     from .learner import encoder_state_dict, ulmfit_classifier_learner, ulmfit_lm_learner
+    from .memory import ReleaseMemory
     from .models import (
         AWDLSTM,
         AWDLSTMConfig,
@@ -38,7 +40,8 @@ with _warnings.catch_warnings():  # fastai's import under torch 2.14 warns about
 
 __all__ = ["ASGDWeightAveraging", "BF16Autocast", "ActivationRegularizer", "AWDLSTM", "AWDLSTMConfig", "AWDLSTMLanguageModel",
            "BPT3CEncoder", "ClassifierLoader", "DiscriminativeLR", "ForwardBackwardEnsemble", "GradualUnfreezing",
-           "LMLoader", "PoolingClassifierHead", "QRNNLayer", "SlantedTriangularLR", "ULMFiTClassifier", "ULMFiTDataLoaders",
+           "LMLoader", "PoolingClassifierHead", "QRNNLayer", "ReleaseMemory", "SlantedTriangularLR", "TfidfBaseline",
+           "ULMFiTClassifier", "ULMFiTDataLoaders",
            "Vocab", "classifier_dataloaders", "classifier_splitter", "discriminative_lrs", "encoder_state_dict",
            "from_fastai_state_dict", "lm_dataloaders", "lm_splitter", "load_bbc_news", "load_pretrained", "plot_lrs",
            "stlr", "to_fastai_state_dict", "tokenize", "ulmfit_classifier_learner", "ulmfit_lm_learner"]
