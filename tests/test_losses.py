@@ -77,13 +77,13 @@ def test_fused_and_plain_learners_train_alike(lm_dls, tiny_config, bf16):
     # One step's gradients are equal in fp64 (the tests above). Over an epoch, Adam magnifies
     # last-bit differences between two correct GEMM orders (they differ between CPUs: a weight
     # with a near-zero gradient moves by about lr either way), so the trajectories are compared
-    # with tolerances that hold on any CPU: nearly all weights agree closely and so does the
-    # validation loss. bf16 rounds differently again (bias added in fp32 here, in bf16 by
+    # with tolerances that hold on any CPU: the weights agree to 1% of their size on average and
+    # the validation losses to 0.1%. bf16 rounds differently again (bias added in fp32 here, in bf16 by
     # autocast's linear).
     if not bf16:
         for k, v in a.model.state_dict().items():
-            if v.is_floating_point():
-                far = (v - b.model.state_dict()[k]).abs() > 1e-4
-                assert far.float().mean() < 0.01, f"{k}: {int(far.sum())} of {v.numel()} weights apart"
+            if v.is_floating_point() and v.abs().sum() > 0:
+                diff = (v - b.model.state_dict()[k]).abs().mean() / v.abs().mean()
+                assert diff < 0.01, f"{k}: mean difference {float(diff):.2%} of the mean weight"
     va, vb = a.recorder.values[-1][1], b.recorder.values[-1][1]
     assert abs(va - vb) < (0.03 if bf16 else 1e-3) * vb
