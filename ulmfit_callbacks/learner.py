@@ -22,7 +22,7 @@ from .pretrained import find_pretrained_files, load_pretrained, wt103_files
 from .regularization import ActivationRegularizer
 from .splitters import classifier_splitter, lm_splitter
 
-_SIZE_KEYS = ("emb_sz", "n_hid", "n_layers", "pad_idx", "tie_weights", "out_bias", "arch")
+SIZE_KEYS = ("emb_sz", "n_hid", "n_layers", "pad_idx", "tie_weights", "out_bias", "arch")
 
 __all__ = ["ulmfit_lm_learner", "ulmfit_classifier_learner", "DataCheck", "encoder_state_dict", "load_encoder"]
 
@@ -101,7 +101,7 @@ def ulmfit_lm_learner(dls: ULMFiTDataLoaders, config: AWDLSTMConfig | dict | Non
     config = AWDLSTMConfig.from_dict(config) if isinstance(config, dict) else config
     source = _pretrained_source(pretrained, dls.backwards) if pretrained is not None else None
     if config is None:
-        sizes = {k: v for k, v in (source[2] or {}).get("config", {}).items() if k in _SIZE_KEYS} if source else {}
+        sizes = {k: v for k, v in (source[2] or {}).get("config", {}).items() if k in SIZE_KEYS} if source else {}
         config = dataclasses.replace(AWDLSTMConfig(), **sizes)
     model = AWDLSTMLanguageModel(len(dls.vocab), config.scaled(drop_mult), backwards=dls.backwards)
     report = None
