@@ -182,6 +182,18 @@ def test_html_escapes_every_token_and_folds_case_markers(tmp_path):
     assert len(top) == 3 and top[0][1] == ex.scores.max() and top[0][1] >= top[1][1] >= top[2][1]
 
 
+def test_texts_are_tokenised_as_the_model_was():
+    learn = _learner(n=60)
+    assert explain(learn, "The plot was good").tokens == ["xxbos", "xxmaj", "the", "plot", "was", "good"]  # fastai's rules
+    learn.tokenizer = lambda texts: [["xxbos"] + t.lower().split() for t in texts]  # a tokenizer object, when there is one
+    assert explain(learn, "The plot was good").tokens == ["xxbos", "the", "plot", "was", "good"]
+    del learn.tokenizer
+    learn.dls.tokenizer = {"name": "sentencepiece"}
+    with pytest.raises(ValueError, match="sentencepiece tokens"):
+        explain(learn, "The plot was good")
+    assert len(explain(learn, ["xxbos", "good"]).scores) == 2  # tokens are taken as they are
+
+
 def test_top_losses_sorted_with_columns(keyword_learner):
     learn = keyword_learner
     toks, labels, _ = _docs(40, seed=5)

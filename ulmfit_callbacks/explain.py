@@ -189,12 +189,23 @@ def _prepare(learn, items) -> list[list[str]]:
     if hasattr(items, "tokens"):
         items = items.tokens
     items = list(items)
-    toks = tokenize(items) if items and isinstance(items[0], str) else [list(t) for t in items]
+    toks = _tokenize(learn, items) if items and isinstance(items[0], str) else [list(t) for t in items]
     mt = getattr(learn, "max_tokens", None)
     toks = [t[:mt] for t in toks] if mt else toks
     if any(len(t) == 0 for t in toks):
         raise ValueError("a text has no tokens")
     return toks
+
+
+def _tokenize(learn, texts: list[str]) -> list[list[str]]:
+    """Tokens made as the model's were: a callable tokenizer on the learner or its data, else fastai's rules."""
+    for tok in (getattr(learn, "tokenizer", None), getattr(learn.dls, "tokenizer", None)):
+        if callable(tok):
+            return [list(t) for t in tok(texts)]
+    settings = getattr(learn.dls, "tokenizer", None)
+    if isinstance(settings, dict) and settings.get("name", "spacy") != "spacy":
+        raise ValueError(f"this classifier reads {settings['name']} tokens: pass its tokens instead of the text")
+    return tokenize(texts)
 
 
 def _ids(learn, toks: Sequence[Sequence[str]]) -> list[np.ndarray]:
