@@ -20,7 +20,7 @@ from common import DATA, record  # noqa: E402
 from fastai.callback.training import GradientClip  # noqa: E402
 from fastai.optimizer import SGD  # noqa: E402
 
-from ulmfit_callbacks import ASGDWeightAveraging, AWDLSTMConfig, lm_dataloaders, tokenize, ulmfit_lm_learner  # noqa: E402
+from ulmfit_callbacks import ASGDWeightAveraging, AWDLSTMConfig, Corpus, lm_dataloaders, tokenize, ulmfit_lm_learner  # noqa: E402
 
 
 def main():
@@ -47,7 +47,7 @@ def main():
     res = {}
     for name, kw in runs.items():
         torch.manual_seed(args.seed)
-        dls = lm_dataloaders(None, tokens=(toks, vtoks), bs=32, bptt=70, max_vocab=15000, seed=args.seed)
+        dls = lm_dataloaders(Corpus(toks), Corpus(vtoks), bs=32, bptt=70, max_vocab=15000, seed=args.seed)
         learn = ulmfit_lm_learner(dls, config=cfg, opt_func=partial(SGD, mom=0.0), wd=1.2e-6)
         cbs = [ASGDWeightAveraging(**kw)] if kw is not None else []
         t = time.time()

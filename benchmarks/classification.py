@@ -26,7 +26,8 @@ import torch  # noqa: E402
 from common import CACHE, DATA, REPO, record, tokens  # noqa: E402
 
 from ulmfit_callbacks import AWDLSTMConfig, BF16Autocast, Vocab  # noqa: E402
-from ulmfit_callbacks.ensemble import predict_tokens  # noqa: E402
+from ulmfit_callbacks.corpus import Corpus  # noqa: E402
+from ulmfit_callbacks.ensemble import predict_proba  # noqa: E402
 from ulmfit_callbacks.pipeline import Recipe, finetune_lm, load_artifact, pretrain_lm, train_classifier  # noqa: E402
 
 CFG = AWDLSTMConfig(emb_sz=200, n_hid=400, n_layers=3)  # the CPU config of the stock numbers
@@ -46,8 +47,9 @@ def stage1(args):
     toks = toks[:cut]
     out = CACHE / f"stage1_{args.direction}"
     t = time.time()
-    learn, m = pretrain_lm(None, None, out, CFG, Recipe(epochs=args.epochs, lr=args.lr, drop_mult=args.drop_mult), backwards=args.direction == "bwd",
-                           bs=args.bs, bptt=70, max_vocab=args.max_vocab, tokens=(toks, vtoks), seed=0,
+    recipe = Recipe(epochs=args.epochs, lr=args.lr, drop_mult=args.drop_mult)
+    learn, m = pretrain_lm(Corpus(toks), Corpus(vtoks), out, CFG, recipe, backwards=args.direction == "bwd",
+                           bs=args.bs, bptt=70, max_vocab=args.max_vocab, seed=0,
                            cbs=[BF16Autocast()] if args.bf16 else ())
     m.update(train_tokens=sum(map(len, toks)), minutes=round((time.time() - t) / 60, 1), bf16=args.bf16,
              drop_mult=args.drop_mult, lr=args.lr, bs=args.bs)
@@ -70,7 +72,7 @@ def tfidf(tr_x, tr_y, te_x, te_y, seed):
 
 
 def _error(learn, toks, labels):
-    p = predict_tokens(learn, toks)
+    p = predict_proba(learn, Corpus(toks))
     y = np.array([learn.dls.classes.index(l) for l in labels])
     return p, float((p.argmax(1).numpy() != y).mean())
 
@@ -116,10 +118,10 @@ def _lm(task, d, v: Variant, tr_toks, seed=0):
     lm_dir = CACHE / v.lm_key(task, d)
     if not (lm_dir / "weights.pt").exists():
         n = len(tr_toks) // 10  # the LM's validation text: the last 10% of the training texts, no labels used
-        finetune_lm(None, None, lm_dir, Recipe(epochs=v.lm_epochs, lr=v.lm_lr, drop_mult=v.lm_drop_mult,
+        finetune_lm(Corpus(tr_toks[:-n]), Corpus(tr_toks[-n:]), lm_dir, Recipe(epochs=v.lm_epochs, lr=v.lm_lr, drop_mult=v.lm_drop_mult,
                                                 discriminative=v.discriminative, stlr=v.stlr),
                     pretrained=CACHE / f"stage1_{d}", backwards=d == "bwd", bptt=70, max_vocab=30000,
-                    tokens=(tr_toks[:-n], tr_toks[-n:]), seed=seed, bs=32, keep_pretrained_vocab=v.keep_vocab,
+                    seed=seed, bs=32, keep_pretrained_vocab=v.keep_vocab,
                     cbs=[BF16Autocast()])
     return lm_dir
 
@@ -136,8 +138,8 @@ def ours(task, tr_toks, tr_y, te_toks, te_y, seed, v: Variant, directions=("fwd"
         recipe = Recipe(epochs=e, lr=v.clf_lr, stlr=v.stlr, discriminative=v.discriminative, decay=v.clf_decay,
                         gradual_unfreezing=v.gradual_unfreezing, unfreeze_schedule=[1, 2, 3] if e > 4 else None,
                         asgd=v.averaging, asgd_start_epoch=max(e - 2, 0), drop_mult=v.clf_drop_mult)
-        learn, _ = train_classifier(None, tr_y, None, te_y[:MONITOR], CACHE / f"clf_{task}_{d}{tag}_{seed}", recipe,
-                                    lm=lm_dir, backwards=d == "bwd", tokens=(tr_toks, te_toks[:MONITOR]), seed=seed,
+        learn, _ = train_classifier(Corpus(tr_toks, tr_y), Corpus(te_toks[:MONITOR], te_y[:MONITOR]),
+                                    CACHE / f"clf_{task}_{d}{tag}_{seed}", recipe, lm=lm_dir, backwards=d == "bwd", seed=seed,
                                     cbs=[BF16Autocast()] if v.clf_bf16 else (), classes=classes)
         probs[d], err = _error(learn, te_toks, te_y)
         res[f"ours {d}"] = dict(error=err, seconds=round(time.time() - t, 1))
@@ -154,8 +156,8 @@ def scratch(task, tr_toks, tr_y, te_toks, te_y, seed, v: Variant, tag="", classe
     t = time.time()
     recipe = Recipe(epochs=v.clf_epochs, lr=v.clf_lr, gradual_unfreezing=False, discriminative=False,
                     drop_mult=v.clf_drop_mult)
-    learn, _ = train_classifier(None, tr_y, None, te_y[:MONITOR], CACHE / f"scratch_{task}{tag}_{seed}", recipe,
-                                config=CFG, vocab=vocab, tokens=(tr_toks, te_toks[:MONITOR]), seed=seed,
+    learn, _ = train_classifier(Corpus(tr_toks, tr_y), Corpus(te_toks[:MONITOR], te_y[:MONITOR]),
+                                CACHE / f"scratch_{task}{tag}_{seed}", recipe, config=CFG, vocab=vocab, seed=seed,
                                 classes=classes)
     return dict(error=_error(learn, te_toks, te_y)[1], seconds=round(time.time() - t, 1))
 

@@ -24,8 +24,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from common import CACHE, DATA, record, tokens  # noqa: E402
 
-from ulmfit_callbacks import AWDLSTMConfig, Vocab, load_bbc_news, to_fastai_state_dict  # noqa: E402
-from ulmfit_callbacks.ensemble import predict_tokens  # noqa: E402
+from ulmfit_callbacks import AWDLSTMConfig, Corpus, Vocab, load_bbc_news, to_fastai_state_dict  # noqa: E402
+from ulmfit_callbacks.ensemble import predict_proba  # noqa: E402
 from ulmfit_callbacks.pipeline import Recipe, load_classifier, train_classifier  # noqa: E402
 
 CFG = AWDLSTMConfig(emb_sz=200, n_hid=400, n_layers=3)
@@ -38,9 +38,9 @@ def trained_classifier():
         tr = pd.read_csv(DATA / "trec6" / "train.csv")
         te = pd.read_csv(DATA / "trec6" / "test.csv")
         tr_t, te_t = tokens(tr.text, "trec6_train"), tokens(te.text, "trec6_test")
-        train_classifier(None, tr.label.tolist(), None, te.label.tolist(), out,
+        train_classifier(Corpus(tr_t, tr.label.tolist()), Corpus(te_t, te.label.tolist()), out,
                          Recipe(epochs=3, lr=2e-2, gradual_unfreezing=False), config=CFG,
-                         vocab=Vocab.build(tr_t, max_vocab=30000, min_freq=2), tokens=(tr_t, te_t), seed=0)
+                         vocab=Vocab.build(tr_t, max_vocab=30000, min_freq=2), seed=0)
     return load_classifier(out)
 
 
@@ -95,8 +95,8 @@ def bench(name, ours, toks, texts, labels, args):
     rows = {"fastai get_preds (fp32, bs %d)" % args.bs: dict(seconds=t_fa, probs=p_fa)}
     for bf16 in (False, True):
         for bs in sorted({args.bs, args.ours_bs}):
-            p, t = timed(lambda: predict_tokens(ours, toks, bs=bs, bf16=bf16), args.repeats)
-            rows[f"ours predict_tokens ({'bf16' if bf16 else 'fp32'}, bs {bs})"] = dict(seconds=t, probs=p)
+            p, t = timed(lambda: predict_proba(ours, Corpus(toks), bs=bs, bf16=bf16), args.repeats)
+            rows[f"ours predict_proba ({'bf16' if bf16 else 'fp32'}, bs {bs})"] = dict(seconds=t, probs=p)
     n = len(toks)
     out = {}
     print(f"\n{name}: {n} documents, {sum(map(len, toks)) / n:.0f} tokens on average; "

@@ -31,7 +31,7 @@ def child(args):
     torch.set_num_threads(1)
     from fastai.callback.core import Callback, CancelFitException
 
-    from ulmfit_callbacks import AWDLSTMConfig, BF16Autocast, SlantedTriangularLR, lm_dataloaders, ulmfit_lm_learner
+    from ulmfit_callbacks import AWDLSTMConfig, BF16Autocast, Corpus, SlantedTriangularLR, lm_dataloaders, ulmfit_lm_learner
     from ulmfit_callbacks.cli import cpu_has_bf16
     from ulmfit_callbacks.memory import ReleaseMemory, rss_mib
     t0 = time.time()
@@ -39,7 +39,7 @@ def child(args):
     valid = tokens(pd.read_csv(DATA / "general" / "valid.csv").text.tolist(), "general_valid")
     after_tok = rss_mib()
     torch.manual_seed(0)
-    dls = lm_dataloaders(None, tokens=(train, valid), bs=32, bptt=70, max_vocab=30000, seed=0, device="cpu")
+    dls = lm_dataloaders(Corpus(train), Corpus(valid), bs=32, bptt=70, max_vocab=30000, seed=0, device="cpu")
     after_num = rss_mib()
     bf16 = cpu_has_bf16()
     curve = []

@@ -32,7 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 from common import DATA, record, tokens  # noqa: E402
 from fastai.callback.core import Callback  # noqa: E402
 
-from ulmfit_callbacks import AWDLSTMConfig, BF16Autocast, SlantedTriangularLR, lm_dataloaders, ulmfit_lm_learner  # noqa: E402
+from ulmfit_callbacks import AWDLSTMConfig, BF16Autocast, Corpus, SlantedTriangularLR, lm_dataloaders, ulmfit_lm_learner  # noqa: E402
 
 SIZES = dict(emb_sz=200, n_hid=400, n_layers=3)
 
@@ -98,7 +98,7 @@ def run(args):
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tr, va = data(args.tokens, args.valid_tokens)
-    dls = lm_dataloaders(None, None, bs=args.bs, bptt=70, max_vocab=30000, seed=args.seed, tokens=(tr, va))
+    dls = lm_dataloaders(Corpus(tr), Corpus(va), bs=args.bs, bptt=70, max_vocab=30000, seed=args.seed)
     valid = torch.from_numpy(np.concatenate([dls.vocab.numericalize(t) for t in va]))
     if args.recipe == "fastai":
         from fastai.text.all import AWD_LSTM, awd_lstm_lm_config, get_language_model, language_model_learner

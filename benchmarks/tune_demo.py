@@ -25,7 +25,7 @@ def main():
     ap.add_argument("--set", nargs="*", default=[])
     ap.add_argument("--max-tokens", type=int, default=512)
     a = ap.parse_args()
-    from ulmfit_callbacks.data import load_bbc_news
+    from ulmfit_callbacks.corpus import Corpus, load_bbc_news
     from ulmfit_callbacks.demo import DEMO_SIZES, split_indices
     from ulmfit_callbacks.pipeline import train_classifier
     df = load_bbc_news(verbose=False)
@@ -40,9 +40,10 @@ def main():
             else type(cur)(v) if cur is not None else int(v)
     recipe = dataclasses.replace(recipe, **kw)
     t = time.time()
-    _, m = train_classifier(None, [df.label[i] for i in train], None, [df.label[i] for i in valid], CACHE / f"tune_{a.name}",
-                            recipe, lm=Path(a.lm) / f"lm_{a.direction}", backwards=a.direction == "bwd",
-                            max_tokens=a.max_tokens or None, tokens=([toks[i] for i in train], [toks[i] for i in valid]), seed=42)
+    corpus = Corpus(toks, df.label.tolist(), df.text.tolist())
+    _, m = train_classifier(corpus.subset(train), corpus.subset(valid), CACHE / f"tune_{a.name}", recipe,
+                            lm=Path(a.lm) / f"lm_{a.direction}", backwards=a.direction == "bwd",
+                            max_tokens=a.max_tokens or None, seed=42)
     m["seconds"] = round(time.time() - t, 1)
     print(a.name, recipe, m)
     record(f"tune_demo_{a.name}", dict(recipe=dataclasses.asdict(recipe), max_tokens=a.max_tokens, metrics=m, lm=a.lm))

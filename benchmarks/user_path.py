@@ -44,7 +44,7 @@ def prepare(args):
         tr, te = pd.read_csv(DATA / task / "train.csv"), pd.read_csv(DATA / task / "test.csv")
         tr[["text", "label"]].to_csv(out / "train.csv", index=False)
         te[["text", "label"]].to_csv(out / "test.csv", index=False)
-    from ulmfit_callbacks.data import load_bbc_news
+    from ulmfit_callbacks.corpus import load_bbc_news
     from ulmfit_callbacks.demo import split_indices
     df = load_bbc_news(verbose=False)
     train, valid, test = split_indices(len(df), 42)  # the demo's seed-42 split; train+valid for the CLI
@@ -61,7 +61,11 @@ def prepare(args):
         print(task, {f: len(pd.read_csv(ROOT / task / f)) for f in ("train.csv", "test.csv", "train_inner.csv", "heldout.csv")})
 
 
-def _run(cmd: list[str], log) -> float:
+def _run(cmd: list[str], log, done: Path | None = None) -> float:
+    """Run one CLI command; with ``done`` (its output) already there, skip it (a rerun resumes)."""
+    if done is not None and done.exists():
+        log.write(f"# skipped (exists): {done}\n")
+        return float(json.loads(done.read_text()).get("seconds", "nan"))  # the earlier run's training time
     t = time.time()
     log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
     log.flush()
@@ -79,14 +83,14 @@ def run(args):
     out.mkdir(parents=True, exist_ok=True)
     lm_args, clf_args = shlex.split(args.lm_args), shlex.split(args.clf_args)
     res, secs = {}, {}
-    with open(out / "log.txt", "w") as log:
+    with open(out / "log.txt", "a") as log:
         for direction in args.directions:
             b = ["--backwards"] if direction == "bwd" else []
             secs[f"finetune-lm {direction}"] = _run([ULMFIT, "finetune-lm", str(train), "--out", str(out / f"lm_{direction}"),
-                                                     *b, *lm_args], log)
+                                                     *b, *lm_args], log, out / f"lm_{direction}" / "metrics.json")
             secs[f"train-classifier {direction}"] = _run([ULMFIT, "train-classifier", str(train), "--lm",
                                                           str(out / f"lm_{direction}"), "--out", str(out / f"clf_{direction}"),
-                                                          *clf_args], log)
+                                                          *clf_args], log, out / f"clf_{direction}" / "metrics.json")
             _run([ULMFIT, "evaluate", str(ev), "--model", str(out / f"clf_{direction}"), "--baseline", "--train", str(train),
                   "--json", str(out / f"eval_{direction}.json")], log)
             m = json.loads((out / f"eval_{direction}.json").read_text())

@@ -30,17 +30,14 @@ from ulmfit_callbacks.baseline import TfidfBaseline
 from ulmfit_callbacks.demo import split_indices
 df = load_bbc_news()
 if QUICK: df = df.sample(400, random_state=0).reset_index(drop=True)
-train, valid, test = split_indices(len(df), seed=0)
-toks = tokenize(df.text.tolist(), n_workers=2)
-pick = lambda idx: [toks[i] for i in idx]
-labels = df.label.tolist()
-lab = lambda idx: [labels[i] for i in idx]
+corpus = Corpus.from_texts(df.text, df.label)             # tokenised once; every stage takes a Corpus
+train, valid, test = (corpus.subset(idx) for idx in split_indices(len(df), seed=0))
 max_tokens = 128 if QUICK else 512
-print(len(train), 'train /', len(valid), 'valid /', len(test), 'test articles;', sum(map(len, toks)), 'tokens')""",
+print(corpus, '->', len(train), 'train /', len(valid), 'valid /', len(test), 'test articles')""",
 """md:## Stage 2: fine-tune the shipped LM on the training articles""",
 """learners = {}
 for backwards in (False, True):
-    lm_dls = lm_dataloaders(None, tokens=(pick(train), pick(valid)), bs=32, bptt=70, backwards=backwards)
+    lm_dls = lm_dataloaders(train, valid, bs=32, bptt=70, backwards=backwards)
     lm = ulmfit_lm_learner(lm_dls, pretrained='general')          # sizes and weights from the shipped LM
     stlr_cb = SlantedTriangularLR(lr_max=1e-2)
     lm.fit(1, cbs=[stlr_cb, DiscriminativeLR(decay=2.6), BF16Autocast()])
@@ -49,8 +46,7 @@ stlr_cb.plot();""",
 """md:## Stage 3: forward and backward classifiers (gradual unfreezing, averaging of the last epochs)""",
 """for backwards in (False, True):
     lm = learners['lm_bwd' if backwards else 'lm_fwd']
-    dls = classifier_dataloaders(None, lab(train), vocab=lm.dls.vocab, valid_labels=lab(valid),
-                                 tokens=(pick(train), pick(valid)), backwards=backwards, max_tokens=max_tokens, bs=32)
+    dls = classifier_dataloaders(train, valid, vocab=lm.dls.vocab, backwards=backwards, max_tokens=max_tokens, bs=32)
     clf = ulmfit_classifier_learner(dls, encoder=lm, config=lm.model.config, drop_mult=0.5)
     n_epochs = 4 if QUICK else 6
     clf.fit(n_epochs, cbs=[SlantedTriangularLR(1e-2), DiscriminativeLR(decay=1.0), GradualUnfreezing([1, 2, 3]),
@@ -59,11 +55,11 @@ stlr_cb.plot();""",
     learners['backward' if backwards else 'forward'] = clf""",
 """md:## Test accuracy: each direction, the ensemble, and TF-IDF + LR on the same split""",
 """ens = ForwardBackwardEnsemble(learners['forward'], learners['backward'])
-probs = ens.predict_proba(tokens=pick(test))
-y = np.array(lab(test))
+probs = ens.predict_proba(test)
+y = np.array(test.labels)
 acc = {k: float((np.array(ens.classes)[p.argmax(1).numpy()] == y).mean()) for k, p in probs.items()}
-base = TfidfBaseline().fit([df.text[i] for i in train], lab(train))
-acc['TF-IDF + LR'] = base.accuracy([df.text[i] for i in test], lab(test))
+base = TfidfBaseline().fit(train.texts, train.labels)
+acc['TF-IDF + LR'] = base.accuracy(test.texts, test.labels)
 print(ens.predict('The striker scored twice as the champions won the cup final')[0])
 pd.Series(acc, name='test accuracy').to_frame()""",
 ], "notebooks/01_quickstart.ipynb")
@@ -123,11 +119,9 @@ from Python. The CSV here is written from short BBC News texts (headline and fir
 put your own file in its place. Text columns are read as text (a review that says "None" stays
 "None"), empty texts are skipped in training and kept in prediction.""",
 SETUP,
-"""from ulmfit_callbacks import load_bbc_news
-from ulmfit_callbacks.data import read_texts, split_train_valid
-from ulmfit_callbacks.pipeline import DEFAULT_LM, DEFAULT_CLASSIFIER, finetune_lm, train_classifier, load_classifier
-from ulmfit_callbacks.ensemble import predict_texts
-from ulmfit_callbacks.evaluation import classification_metrics, predict_dataframe
+"""from ulmfit_callbacks import Corpus, load_bbc_news, predict
+from ulmfit_callbacks.pipeline import DEFAULT_LM, DEFAULT_CLASSIFIER, finetune_lm, train_classifier
+from ulmfit_callbacks.evaluation import classification_metrics
 from ulmfit_callbacks.baseline import TfidfBaseline
 import dataclasses
 bbc = load_bbc_news(verbose=False)
@@ -137,25 +131,24 @@ df = pd.DataFrame({'id': range(len(bbc)), 'text': parts.str[0] + '. ' + parts.ap
 n_test = 425
 df.iloc[n_test:].to_csv('my_train.csv', index=False)
 df.iloc[:n_test].to_csv('my_test.csv', index=False)
-texts, labels = read_texts('my_train.csv', 'text', 'label')
-if QUICK: texts, labels = texts[:900], labels[:900]
-(tr_x, tr_y), (va_x, va_y) = split_train_valid(texts, labels, 0.1, seed=0)
-print(len(tr_x), 'training rows,', len(va_x), 'validation rows')""",
+data = Corpus.read('my_train.csv', 'text', 'label')       # read and tokenised once
+if QUICK: data = data[:900]
+train, valid = data.split(0.1, seed=0)
+print(train, '|', valid)""",
 """lm_recipe = dataclasses.replace(DEFAULT_LM, epochs=1 if QUICK else DEFAULT_LM.epochs)
 clf_recipe = dataclasses.replace(DEFAULT_CLASSIFIER, epochs=4 if QUICK else DEFAULT_CLASSIFIER.epochs, asgd_start_epoch=-2)
-_, lm_metrics = finetune_lm(tr_x, va_x, 'runs/my_lm', lm_recipe, pretrained='general')
-_, clf_metrics = train_classifier(tr_x, tr_y, va_x, va_y, 'runs/my_clf', clf_recipe, lm='runs/my_lm')
+_, lm_metrics = finetune_lm(train, valid, 'runs/my_lm', lm_recipe, pretrained='general')
+_, clf_metrics = train_classifier(train, valid, 'runs/my_clf', clf_recipe, lm='runs/my_lm')
 print('LM perplexity', round(lm_metrics['perplexity'], 1), '| validation accuracy', round(clf_metrics['accuracy'], 4))""",
 """md:## Test metrics, beside TF-IDF + logistic regression fitted on the same training file""",
-"""test_x, test_y = read_texts('my_test.csv', 'text', 'label', skip_empty=False)
-clf = load_classifier('runs/my_clf')
-probs = predict_texts(clf, test_x).numpy()
-ours = classification_metrics(test_y, probs, clf.dls.classes)
-base = TfidfBaseline().fit(texts, labels)
-tfidf = classification_metrics(test_y, base.predict_proba(test_x), base.classes)
+"""test_df = pd.read_csv('my_test.csv', dtype=str, keep_default_na=False)
+preds = predict('runs/my_clf', test_df)                    # every column kept, + label and probabilities
+classes = [c[len('prob_'):] for c in preds.columns if c.startswith('prob_')]
+ours = classification_metrics(test_df.label, preds[['prob_' + c for c in classes]].to_numpy(), classes)
+base = TfidfBaseline().fit(data.texts, data.labels)
+tfidf = classification_metrics(test_df.label, base.predict_proba(test_df.text), base.classes)
 pd.DataFrame({'ULMFiT (forward)': {k: ours[k] for k in ('accuracy', 'macro_f1')},
               'TF-IDF + LR': {k: tfidf[k] for k in ('accuracy', 'macro_f1')}})""",
 """md:## Predictions next to the user's columns""",
-"""test_df = pd.read_csv('my_test.csv', dtype=str, keep_default_na=False)
-predict_dataframe(test_df, probs, clf.dls.classes).head()""",
+"""preds.head()""",
 ], "notebooks/03_your_csv.ipynb")

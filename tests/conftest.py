@@ -1,3 +1,5 @@
+import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -7,13 +9,15 @@ import torch
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
 
-from ulmfit_callbacks import AWDLSTMConfig, classifier_dataloaders, lm_dataloaders, load_bbc_news, tokenize  # noqa: E402
+from ulmfit_callbacks import AWDLSTMConfig, Corpus, classifier_dataloaders, lm_dataloaders, load_bbc_news  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
     torch.set_num_threads(1)  # tiny models; also avoids OpenMP oversubscription beside other jobs
+    if "ULMFIT_TOKEN_CACHE" not in os.environ:  # the suite's token cache: its own folder, not the user's
+        os.environ["ULMFIT_TOKEN_CACHE"] = tempfile.mkdtemp(prefix="ulmfit_tokens_")
 
 
 def bbc_short_texts() -> pd.DataFrame:
@@ -44,9 +48,10 @@ def general_texts():
 
 
 @pytest.fixture(scope="session")
-def task_tokens(task):
+def task_corpus(task):
+    """(train, valid) labelled corpora of short BBC texts: 600 / 100 rows, tokenised once per session."""
     train, test = task
-    return tokenize(train.text[:600].tolist()), tokenize(test.text[:100].tolist())
+    return Corpus.from_texts(train.text[:600], train.label[:600]), Corpus.from_texts(test.text[:100], test.label[:100])
 
 
 @pytest.fixture
@@ -55,20 +60,25 @@ def tiny_config():
 
 
 @pytest.fixture
-def lm_dls(task_tokens):
+def lm_dls(task_corpus):
     torch.manual_seed(0)
-    return lm_dataloaders(None, tokens=task_tokens, bs=4, bptt=5, min_freq=2, seed=0)
+    return lm_dataloaders(*task_corpus, bs=4, bptt=5, min_freq=2, seed=0)
 
 
 @pytest.fixture(scope="session")
 def clf_dls_factory(task):
     train, test = task
-    cache = {}
+    cache, corpora = {}, {}
+
+    def corpus(df, n):
+        if (id(df), n) not in corpora:
+            corpora[id(df), n] = Corpus.from_texts(df.text[:n], df.label[:n])
+        return corpora[id(df), n]
 
     def make(vocab, backwards=False, n=300, bs=16):
         key = (id(vocab), backwards, n, bs)
         if key not in cache:
-            cache[key] = classifier_dataloaders(train.text[:n], train.label[:n], vocab=vocab, valid_texts=test.text[:60],
-                                                valid_labels=test.label[:60], bs=bs, backwards=backwards, seed=0)
+            cache[key] = classifier_dataloaders(corpus(train, n), corpus(test, 60), vocab=vocab, bs=bs, backwards=backwards,
+                                                seed=0)
         return cache[key]
     return make

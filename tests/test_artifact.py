@@ -76,7 +76,7 @@ def test_pretrained_takes_a_folder_a_parent_with_both_directions_and_a_hub_id(tm
         resolve_model(str(tmp_path / "nowhere"))
 
 
-def test_the_shipped_lm_is_installed_with_its_card_and_loads_without_pickle(task_tokens):
+def test_the_shipped_lm_is_installed_with_its_card_and_loads_without_pickle(task_corpus):
     for backwards in (False, True):
         p = shipped_model_path("general", backwards)
         meta, itos, state = read_model_folder(p)
@@ -88,7 +88,7 @@ def test_the_shipped_lm_is_installed_with_its_card_and_loads_without_pickle(task
     size = sum(f.stat().st_size for d in ("general-fwd", "general-bwd")
                for f in (shipped_model_path("general").parent / d).iterdir())
     assert size < 40 * 2**20
-    dls = lm_dataloaders(None, tokens=task_tokens, bs=4, bptt=10)
+    dls = lm_dataloaders(*task_corpus, bs=4, bptt=10)
     learn = ulmfit_lm_learner(dls, pretrained="general")
     assert learn.pretrained_report.matched > 0.8 * len(dls.vocab)  # news text: most tokens are known (86%)
     assert learn.validate()[2] > 0.15  # next-token accuracy of a pretrained LM, not of a random one

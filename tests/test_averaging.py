@@ -6,6 +6,7 @@ from fastai.callback.core import Callback
 from helpers import Boom, CrashAt
 
 from ulmfit_callbacks import ASGDWeightAveraging, ulmfit_classifier_learner, ulmfit_lm_learner
+from ulmfit_callbacks.averaging import WeightAverager, nt_asgd_trigger
 from ulmfit_callbacks.checkpoint import EpochCheckpoint, resume_fit
 
 
@@ -61,18 +62,45 @@ def test_start_epoch_and_keep_raw(lm_dls, tiny_config):
 ])
 def test_nt_trigger_on_scripted_losses(losses, nonmono, fires_at):
     """Algorithm 1 of Merity et al.: at check t, trigger when t > n and v_t > min(v_0 .. v_{t-n-1})."""
-    cb = ASGDWeightAveraging(nonmono=nonmono)
-    cb._in_fit, cb.n_steps = True, 0
-    fired = None
-    for t, v in enumerate(losses):
-        cb.n_steps += 10
-        cb._vsum, cb._vn = v, 1
-        cb.after_validate()
-        if cb.start_iter is not None and fired is None:
-            fired = t
-            assert cb.start_iter == cb.n_steps  # averaging begins with the next step
+    fired = next((t for t in range(len(losses)) if nt_asgd_trigger(losses[: t + 1], nonmono)), None)
     assert fired == fires_at
-    assert cb.val_history == losses
+
+
+def test_the_callback_starts_averaging_after_the_check_that_fires(lm_dls, tiny_config):
+    scripted = [3.0, 2.0, 3.5, 1.0]  # validation losses per epoch: check 2 fires (3.5 > min(v_0) = 3)
+
+    class ScriptedValidLoss(Callback):
+        order = 50  # before the averaging callback (55) reads the loss
+
+        def after_batch(self):
+            if not self.training:
+                self.learn.loss = torch.tensor(scripted[self.epoch])
+    learn = ulmfit_lm_learner(lm_dls, config=tiny_config)
+    asgd = ASGDWeightAveraging(nonmono=1)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(4, 1e-3, cbs=[asgd, ScriptedValidLoss()])
+    assert asgd.val_history == pytest.approx(scripted)
+    assert asgd.start_iter == 3 * len(lm_dls.train)  # from the step after check 2 on
+    assert asgd.n_averaged == len(lm_dls.train)
+
+
+def test_averager_is_a_running_mean_and_swaps_back_bit_exactly():
+    a = WeightAverager()
+    xs = [torch.randn(3, 2) for _ in range(5)]
+    p = {"w": torch.nn.Parameter(xs[0].clone())}
+    for x in xs:
+        p["w"].data.copy_(x)
+        a.update(p)
+    torch.testing.assert_close(a.avg["w"], torch.stack(xs).mean(0))
+    raw = p["w"].detach().clone()
+    a.swap(p)
+    torch.testing.assert_close(p["w"].detach(), torch.stack(xs).mean(0))
+    a.swap(p)
+    assert torch.equal(p["w"], raw) and not a.swapped
+    half = {"w": torch.nn.Parameter(raw.to(torch.bfloat16))}  # another dtype: copied, not exchanged
+    a.swap(half)
+    a.swap(half)
+    assert torch.equal(half["w"], raw.to(torch.bfloat16))
 
 
 def test_validation_sees_averaged_weights_and_swap_is_bit_exact(lm_dls, tiny_config):
@@ -106,12 +134,23 @@ def test_interrupted_during_validation_leaves_raw_weights(lm_dls, tiny_config):
     asgd = ASGDWeightAveraging(start=2)
     with learn.no_bar(), learn.no_logging(), pytest.raises(Boom):
         learn.fit(2, 1e-3, cbs=[asgd, rec, CrashAt(in_validation_epoch=0)])
-    assert asgd.n_averaged > 0 and not asgd._swapped
+    assert asgd.n_averaged > 0 and asgd.averager.swapped  # fastai has no event for the exception
+
+    class FirstWeights(Callback):
+        order = 100  # after the averaging callback's before_fit
+
+        def before_fit(self):
+            self.w = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+    first = FirstWeights()
+    with learn.no_bar(), learn.no_logging():  # the next fit puts the raw weights back before training
+        learn.fit(1, 1e-3, cbs=[asgd, first])
+    for n, w in first.w.items():
+        assert torch.equal(w, rec.iterates[-1][n])  # the last training iterate, not the average
+    with learn.no_bar(), learn.no_logging(), pytest.raises(Boom):
+        learn.fit(2, 1e-3, cbs=[asgd, rec, CrashAt(in_validation_epoch=0)])
+    asgd.swap_out()  # or by hand
     for n, p in learn.model.named_parameters():
-        assert torch.equal(p, rec.iterates[-1][n])  # the last training iterate, not the average
-    assert "_do_epoch_validate" not in learn.__dict__  # the guard removed itself
-    with learn.no_bar(), learn.no_logging():  # and the learner still trains and validates normally
-        learn.fit(1, 1e-3)
+        assert torch.equal(p, rec.iterates[-1][n])
 
 
 def test_resume_equivalence(lm_dls, tiny_config, tmp_path):
@@ -161,7 +200,7 @@ def test_batchnorm_statistics_recomputed_for_averaged_weights(lm_dls, clf_dls_fa
     bn = clf.model.head[0]
     stats_at_end_of_fit = bn.running_mean.clone()
     torch.manual_seed(123)  # the recomputation runs in train mode (dropout on), as update_bn does
-    asgd._update_bn()
+    asgd._update_bn()  # the callback's pass: update_bn over its training loader
     recomputed = bn.running_mean.clone()
     assert not torch.equal(stats_at_end_of_fit, torch.zeros_like(stats_at_end_of_fit))
     feats = []

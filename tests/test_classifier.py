@@ -7,6 +7,7 @@ from ulmfit_callbacks import (
     AWDLSTM,
     AWDLSTMConfig,
     BPT3CEncoder,
+    Corpus,
     DiscriminativeLR,
     ForwardBackwardEnsemble,
     GradualUnfreezing,
@@ -17,7 +18,7 @@ from ulmfit_callbacks import (
     ulmfit_classifier_learner,
     ulmfit_lm_learner,
 )
-from ulmfit_callbacks.ensemble import predict_texts
+from ulmfit_callbacks.ensemble import predict_proba
 
 PAD = 1
 
@@ -120,7 +121,7 @@ def fitted_lm(lm_dls, tiny_config):
     return learn
 
 
-def test_encoder_loads_by_name_and_mismatches_are_refused(fitted_lm, clf_dls_factory, tiny_config, task_tokens):
+def test_encoder_loads_by_name_and_mismatches_are_refused(fitted_lm, clf_dls_factory, tiny_config, task_corpus):
     dls = clf_dls_factory(fitted_lm.dls.vocab)
     clf = ulmfit_classifier_learner(dls, config=tiny_config, encoder=fitted_lm)
     for k, v in encoder_state_dict(fitted_lm.model).items():
@@ -128,7 +129,7 @@ def test_encoder_loads_by_name_and_mismatches_are_refused(fitted_lm, clf_dls_fac
     bwd = clf_dls_factory(fitted_lm.dls.vocab, backwards=True)
     with pytest.raises(ValueError, match="direction mismatch"):
         ulmfit_classifier_learner(bwd, config=tiny_config, encoder=fitted_lm)
-    other_vocab = lm_dataloaders(None, tokens=(task_tokens[0][:200], task_tokens[1]), bs=4, bptt=5, min_freq=1).vocab
+    other_vocab = lm_dataloaders(task_corpus[0][:200], task_corpus[1], bs=4, bptt=5, min_freq=1).vocab
     with pytest.raises(ValueError, match="vocabulary mismatch"):
         ulmfit_classifier_learner(clf_dls_factory(other_vocab), config=tiny_config, encoder=fitted_lm)
     with pytest.raises(ValueError, match="does not fit this classifier"):
@@ -143,7 +144,7 @@ def test_encoder_loads_by_name_and_mismatches_are_refused(fitted_lm, clf_dls_fac
 def test_multi_label(lm_dls, tiny_config, task):
     train, _ = task
     labels = [f"{a};{'long' if len(t.split()) > 30 else 'short'}" for a, t in zip(train.label[:200], train.text[:200])]
-    dls = classifier_dataloaders(train.text[:200], labels, vocab=lm_dls.vocab, multi_label=True, bs=16)
+    dls = classifier_dataloaders(Corpus.from_texts(train.text[:200], labels), vocab=lm_dls.vocab, multi_label=True, bs=16)
     assert dls.multi_label and "long" in dls.classes
     clf = ulmfit_classifier_learner(dls, config=tiny_config)
     with clf.no_bar(), clf.no_logging():
@@ -178,7 +179,7 @@ def test_ensemble_is_the_mean_and_keeps_order(fitted_lm, clf_dls_factory, tiny_c
     p_texts, _ = ens.get_preds(texts)
     rev = ens.get_preds(texts[::-1])[0]
     torch.testing.assert_close(p_texts, rev.flip(0), atol=1e-6, rtol=0)  # order follows the input
-    torch.testing.assert_close(p_texts, (predict_texts(fwd, texts) + predict_texts(bwd, texts)) / 2)
+    torch.testing.assert_close(p_texts, (predict_proba(fwd, texts) + predict_proba(bwd, texts)) / 2)
     label, p = ens.predict(texts[3])
     assert label == ens.classes[int(p_texts[3].argmax())]
     torch.testing.assert_close(p, p_texts[3], atol=1e-6, rtol=0)
@@ -190,13 +191,13 @@ def test_end_to_end_from_scratch_beats_majority(task):
     """LM fine-tuning then the classifier with STLR + discriminative lrs + gradual unfreezing, random start."""
     train, test = task
     torch.manual_seed(0)
-    lm = lm_dataloaders(train.text.tolist(), valid_texts=test.text.tolist(), bs=32, bptt=20, seed=0)
+    trn, tst = Corpus.from_texts(train.text, train.label), Corpus.from_texts(test.text, test.label)
+    lm = lm_dataloaders(trn, tst, bs=32, bptt=20, seed=0)
     cfg = AWDLSTMConfig(emb_sz=64, n_hid=128, n_layers=2)
     lm_learn = ulmfit_lm_learner(lm, config=cfg)
     with lm_learn.no_bar(), lm_learn.no_logging():
         lm_learn.fit(2, cbs=[SlantedTriangularLR(1e-2), DiscriminativeLR()])
-    dls = classifier_dataloaders(train.text, train.label, vocab=lm.vocab, valid_texts=test.text,
-                                 valid_labels=test.label, bs=32)
+    dls = classifier_dataloaders(trn, tst, vocab=lm.vocab, bs=32)
     clf = ulmfit_classifier_learner(dls, config=cfg, encoder=lm_learn)
     with clf.no_bar(), clf.no_logging():
         clf.fit(5, cbs=[SlantedTriangularLR(3e-2), DiscriminativeLR(), GradualUnfreezing([1, 2])])

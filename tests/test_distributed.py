@@ -19,6 +19,7 @@ def _worker(rank, world, init_file, out_dir, seed):
         from ulmfit_callbacks import (
             ASGDWeightAveraging,
             AWDLSTMConfig,
+            Corpus,
             DiscriminativeLR,
             GradualUnfreezing,
             SlantedTriangularLR,
@@ -29,8 +30,8 @@ def _worker(rank, world, init_file, out_dir, seed):
         df = bbc_short_texts().iloc[:320]
         torch.manual_seed(seed)
         vocab = lm_dataloaders(df.text.tolist(), bs=4, bptt=5, valid_pct=0.1).vocab
-        dls = classifier_dataloaders(df.text, df.label, vocab=vocab, valid_texts=df.text[:40], valid_labels=df.label[:40],
-                                     bs=16, seed=seed)
+        dls = classifier_dataloaders(Corpus.from_texts(df.text, df.label), Corpus.from_texts(df.text[:40], df.label[:40]),
+                                     vocab=vocab, bs=16, seed=seed)
         tr = dls.train  # shard the training documents: rank r takes every world-th one (same count on each rank)
         n = len(tr.docs) // world * world
         dls.loaders[0] = tr.new(docs=tr.docs[rank:n:world], labels=tr.labels[rank:n:world], seed=seed)

@@ -13,8 +13,8 @@ from fastai.callback.core import Callback, CancelFitException
 
 from ulmfit_callbacks import AWDLSTMConfig, BF16Autocast, LMLoader, SlantedTriangularLR, ULMFiTDataLoaders, ulmfit_lm_learner
 from ulmfit_callbacks.cli import cpu_has_bf16
-from ulmfit_callbacks.data import SPECIAL_TOKENS, Vocab
 from ulmfit_callbacks.memory import ReleaseMemory, release_memory, rss_mib
+from ulmfit_callbacks.vocab import SPECIAL_TOKENS, Vocab
 
 N_BATCHES = 200
 VARIABLE = True

@@ -4,16 +4,16 @@ import json
 
 import pytest
 
-from ulmfit_callbacks import ASGDWeightAveraging, AWDLSTMConfig
+from ulmfit_callbacks import ASGDWeightAveraging, AWDLSTMConfig, Corpus
 from ulmfit_callbacks.pipeline import Recipe, finetune_lm, load_artifact, pretrain_lm, train_classifier
 
 
 @pytest.fixture(scope="module")
-def stage1(tmp_path_factory, task_tokens):
+def stage1(tmp_path_factory, task_corpus):
     out = tmp_path_factory.mktemp("stage1")
-    general = [t + ["zyzzyva", "zyzzyva"] for t in task_tokens[0][300:]]  # a token the task text never has
-    pretrain_lm(None, None, out, AWDLSTMConfig(emb_sz=8, n_hid=16, n_layers=2), Recipe(epochs=1, drop_mult=0.5),
-                bs=4, bptt=8, tokens=(general, task_tokens[1]), seed=0)
+    general = Corpus([t + ["zyzzyva", "zyzzyva"] for t in task_corpus[0].tokens[300:]])  # a token the task text never has
+    pretrain_lm(general, task_corpus[1], out, AWDLSTMConfig(emb_sz=8, n_hid=16, n_layers=2), Recipe(epochs=1, drop_mult=0.5),
+                bs=4, bptt=8, seed=0)
     return out
 
 
@@ -22,25 +22,23 @@ def test_stage_dropouts_follow_each_recipe(stage1):
     assert meta["config"]["weight_p"] == pytest.approx(0.2 * 0.5)  # stage 1 trained with drop_mult 0.5
 
 
-def test_finetuning_keeps_the_stage1_vocabulary_and_uses_its_own_dropouts(stage1, task_tokens, tmp_path):
-    task = (task_tokens[0][:300], task_tokens[1])
+def test_finetuning_keeps_the_stage1_vocabulary_and_uses_its_own_dropouts(stage1, task_corpus, tmp_path):
+    task = (task_corpus[0][:300], task_corpus[1])
     _, s1_vocab, _ = load_artifact(stage1)
     assert "zyzzyva" in s1_vocab.stoi
-    learn, _ = finetune_lm(None, None, tmp_path / "lm", Recipe(epochs=1, drop_mult=0.3), pretrained=stage1, bs=4,
-                           bptt=8, tokens=task, seed=0, keep_pretrained_vocab=True)
+    learn, _ = finetune_lm(*task, tmp_path / "lm", Recipe(epochs=1, drop_mult=0.3), pretrained=stage1, bs=4,
+                           bptt=8, seed=0, keep_pretrained_vocab=True)
     vocab = learn.dls.vocab
     assert "zyzzyva" in vocab.stoi and vocab.stoi["zyzzyva"] >= len(vocab) - len(s1_vocab)
     cfg = learn.model.config
     assert (cfg.emb_sz, cfg.n_hid, cfg.n_layers) == (8, 16, 2)
     assert cfg.weight_p == pytest.approx(0.2 * 0.3) and cfg.input_p == pytest.approx(0.25 * 0.3)
-    plain, _ = finetune_lm(None, None, tmp_path / "lm2", Recipe(epochs=1), pretrained=stage1, bs=4, bptt=8,
-                           tokens=task, seed=0)
+    plain, _ = finetune_lm(*task, tmp_path / "lm2", Recipe(epochs=1), pretrained=stage1, bs=4, bptt=8, seed=0)
     assert "zyzzyva" not in plain.dls.vocab.stoi and len(plain.dls.vocab) < len(vocab)
     # the classifier reads the extended vocabulary; its own drop_mult scales the classifier dropouts
-    labels = ["a", "b"] * 150
-    clf, m = train_classifier(None, labels, None, ["a", "b"] * 50, tmp_path / "clf",
+    clf, m = train_classifier(task[0], task_corpus[0][300:400], tmp_path / "clf",
                               Recipe(epochs=2, drop_mult=0.5, asgd=True, asgd_start_epoch=1, unfreeze_schedule=[1, 3]),
-                              lm=tmp_path / "lm", tokens=(task[0], task_tokens[0][300:400]), seed=0)
+                              lm=tmp_path / "lm", seed=0)
     assert clf.dls.vocab == vocab
     assert clf.model.encoder.module.config.weight_p == pytest.approx(0.5 * 0.5)
     assert json.loads((tmp_path / "clf" / "config.json").read_text())["kind"] == "classifier"

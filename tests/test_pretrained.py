@@ -6,8 +6,8 @@ import torch
 from fastai.text.all import AWD_LSTM, awd_lstm_lm_config, get_language_model
 
 from ulmfit_callbacks import AWDLSTMConfig, ulmfit_lm_learner
-from ulmfit_callbacks.data import SPECIAL_TOKENS
 from ulmfit_callbacks.pretrained import load_pretrained, read_itos
+from ulmfit_callbacks.vocab import SPECIAL_TOKENS
 
 
 @pytest.fixture

@@ -7,18 +7,11 @@ with _warnings.catch_warnings():  # fastai's import under torch 2.14 warns about
     _warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
     from .averaging import ASGDWeightAveraging
     from .baseline import TfidfBaseline
-    from .data import (
-        ClassifierLoader,
-        LMLoader,
-        ULMFiTDataLoaders,
-        Vocab,
-        classifier_dataloaders,
-        lm_dataloaders,
-        load_bbc_news,
-        tokenize,
-    )
+    from .corpus import Corpus, load_bbc_news, tokenize
     from .ensemble import ForwardBackwardEnsemble
+    from .evaluation import predict
     from .learner import encoder_state_dict, ulmfit_classifier_learner, ulmfit_lm_learner
+    from .loaders import ClassifierLoader, LMLoader, ULMFiTDataLoaders, classifier_dataloaders, lm_dataloaders
     from .memory import ReleaseMemory
     from .models import (
         AWDLSTM,
@@ -37,11 +30,12 @@ with _warnings.catch_warnings():  # fastai's import under torch 2.14 warns about
     from .schedule import DiscriminativeLR, SlantedTriangularLR, plot_lrs, stlr
     from .splitters import classifier_splitter, discriminative_lrs, lm_splitter
     from .unfreezing import GradualUnfreezing
+    from .vocab import Vocab
 
 __all__ = ["ASGDWeightAveraging", "BF16Autocast", "ActivationRegularizer", "AWDLSTM", "AWDLSTMConfig", "AWDLSTMLanguageModel",
-           "BPT3CEncoder", "ClassifierLoader", "DiscriminativeLR", "ForwardBackwardEnsemble", "GradualUnfreezing",
+           "BPT3CEncoder", "ClassifierLoader", "Corpus", "DiscriminativeLR", "ForwardBackwardEnsemble", "GradualUnfreezing",
            "LMLoader", "PoolingClassifierHead", "QRNNLayer", "ReleaseMemory", "SlantedTriangularLR", "TfidfBaseline",
            "ULMFiTClassifier", "ULMFiTDataLoaders",
            "Vocab", "classifier_dataloaders", "classifier_splitter", "discriminative_lrs", "encoder_state_dict",
-           "from_fastai_state_dict", "lm_dataloaders", "lm_splitter", "load_bbc_news", "load_pretrained", "plot_lrs",
+           "from_fastai_state_dict", "lm_dataloaders", "lm_splitter", "load_bbc_news", "load_pretrained", "plot_lrs", "predict",
            "stlr", "to_fastai_state_dict", "tokenize", "ulmfit_classifier_learner", "ulmfit_lm_learner"]

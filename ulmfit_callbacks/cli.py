@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -20,60 +19,49 @@ class UsageError(Exception):
 
 
 # ----------------------------------------------------------------------------------------- inputs
-def _read_labelled(path: str, text_col: str, label_col: str | None, training: bool = True):
-    """Texts (and labels) from a CSV, a folder-per-class tree, or ``bbc`` (the embedded BBC News).
-
-    Training skips empty texts and missing labels (and says which rows); evaluation keeps every row.
-    """
-    from .data import load_bbc_news, read_folder, read_texts
-    if path == "bbc":
-        df = load_bbc_news()
-        return df.text.tolist(), (df.label.tolist() if label_col else None)
-    p = Path(path)
-    if p.is_dir():
-        texts, labels, _, bad = read_folder(p)
-        if bad:
-            print(f"{len(bad)} file(s) not valid UTF-8, decoded with U+FFFD: " + ", ".join(map(str, bad[:5])))
-        return texts, (labels if label_col else None)
-    if not p.exists():
+def _read(path: str, text_col: str, label_col: str | None, training: bool = True, tokenizer=None):
+    """A :class:`~ulmfit_callbacks.corpus.Corpus` from a CSV, a folder-per-class tree, a ``.txt``
+    file or ``bbc``, tokenised by ``tokenizer`` (a model's; default fastai's spaCy rules).
+    Training skips empty texts and missing labels (and says which rows)."""
+    from .corpus import Corpus
+    if path != "bbc" and not Path(path).exists():
         raise UsageError(f"no such file or folder: {path}")
-    return read_texts(p, text_col, label_col, skip_empty=training)
+    return Corpus.read(path, text_col, label_col, training=training, tokenizer=tokenizer)
 
 
-def _read_corpus(path: str, text_col: str):
-    """A general corpus: a CSV, a folder with train.csv (+ valid.csv), or a folder of .txt files."""
-    from .data import read_texts
+def _tokenizer(a):
+    """The tokenizer a new LM gets from --tokenizer / --lang / --vocab-sz (printed)."""
+    from .tokenizer import get_tokenizer
+    if a.tokenizer == "spacy" and a.vocab_sz is not None:
+        raise UsageError("--vocab-sz is the size of a SentencePiece model: use it with --tokenizer sentencepiece")
+    tok = get_tokenizer(a.tokenizer, a.lang, a.vocab_sz)
+    print(f"tokenizer: {tok.to_dict()['name']} ({a.lang})" + (", trained on the training texts" if a.tokenizer != "spacy" else ""))
+    return tok
+
+
+def _read_general(path: str, text_col: str, tokenizer=None):
+    """A general corpus ``(train, valid or None)``: a CSV, a folder with train.csv (+ valid.csv), or a folder of .txt files."""
+    from .corpus import Corpus
     p = Path(path)
     if p.is_dir() and (p / "train.csv").exists():
-        train, _ = read_texts(p / "train.csv", text_col)
-        valid = read_texts(p / "valid.csv", text_col)[0] if (p / "valid.csv").exists() else None
+        train = Corpus.read(p / "train.csv", text_col, tokenizer=tokenizer)  # first: an untrained tokenizer learns here
+        valid = Corpus.read(p / "valid.csv", text_col, tokenizer=tokenizer) if (p / "valid.csv").exists() else None
         return train, valid
     if p.is_dir():
         files = sorted(p.rglob("*.txt"))
         if not files:
             raise UsageError(f"{path} holds no train.csv and no .txt files")
-        return [f.read_bytes().decode("utf-8", errors="replace") for f in files], None
-    if not p.exists():
-        raise UsageError(f"no such file or folder: {path}")
-    return read_texts(p, text_col)[0], None
-
-
-def _read_lines(path: str) -> list[str]:
-    if not Path(path).exists():
-        raise UsageError(f"no such file: {path}")
-    if path.endswith(".csv"):
-        from .data import read_texts
-        return read_texts(path, "text")[0]
-    return [l for l in Path(path).read_text(encoding="utf-8", errors="replace").splitlines() if l.strip()]
+        return Corpus.from_texts([f.read_bytes().decode("utf-8", errors="replace") for f in files], tokenizer=tokenizer), None
+    return _read(path, text_col, None, tokenizer=tokenizer), None
 
 
 # -------------------------------------------------------------------------- device and precision
 def _device(a):
     import torch
 
-    from . import data
     if a.device == "auto":
-        return data.default_device()  # fastai's: the GPU when there is one
+        from fastai.torch_core import default_device
+        return default_device()  # fastai's: the GPU when there is one
     try:
         d = torch.device(a.device)
     except RuntimeError:
@@ -208,7 +196,7 @@ def cmd_pretrain(a):
     from .pipeline import PAPER_LM, PRETRAIN, pretrain_lm
     recipe = _recipe(a, "pretrain", dataclasses.replace(PAPER_LM, discriminative=False) if a.paper else PRETRAIN)
     device, cbs = _setup(a, "random weights (stage 1)")
-    train, valid = _read_corpus(a.corpus, a.text_col)
+    train, valid = _read_general(a.corpus, a.text_col, _tokenizer(a))
     ckpt = EpochCheckpoint(Path(a.out) / "checkpoint.pt")  # stage 1 takes hours: a resumable state per epoch
     _, m = pretrain_lm(train, valid, a.out, _model_config(a), recipe, backwards=a.backwards, bs=a.bs, bptt=a.bptt,
                        max_vocab=a.max_vocab, cbs=cbs + [ckpt], device=device)
@@ -223,13 +211,22 @@ def cmd_finetune_lm(a):
     if pre is not None and _model_flags_given(a):
         raise UsageError(f"{', '.join(_model_flags_given(a))} set the size of a new LM; the pretrained LM "
                          f"{pre!r} has its own sizes (use --pretrained none to start a new one)")
+    tok = None
     if pre is not None:
-        resolve_model(pre, a.backwards)  # a missing model fails before the data are read
+        if a.tokenizer != "spacy" or a.lang != "en" or a.vocab_sz is not None:
+            raise UsageError(f"the pretrained LM {pre!r} brings its own tokenizer; --tokenizer, --lang and --vocab-sz "
+                             "are for a new LM (--pretrained none)")
+        from .pipeline import model_tokenizer
+        folder = resolve_model(pre, a.backwards)  # a missing model fails before the data are read
+        if (folder / "config.json").exists():
+            tok = model_tokenizer(json.loads((folder / "config.json").read_text()), folder)
+    else:
+        tok = _tokenizer(a)
     device, cbs = _setup(a, f"the pretrained LM {pre!r}" if pre else
                          "random weights (--pretrained none): expect far weaker classifiers than from a pretrained LM")
-    texts, _ = _read_labelled(a.data, a.text_col, None)
+    texts = _read(a.data, a.text_col, None, tokenizer=tok)
     if a.unlabelled:
-        extra = _read_lines(a.unlabelled)
+        extra = _read(a.unlabelled, "text", None, tokenizer=texts.tokenizer)
         print(f"LM fine-tuning text: {len(texts):,} labelled-file texts + {len(extra):,} unlabelled texts ({a.unlabelled})")
         texts = texts + extra
     _, m = finetune_lm(texts, None, a.out, recipe, pretrained=pre, config=None if pre else _model_config(a),
@@ -260,7 +257,6 @@ def _class_weights(spec: str | None, labels, classes):
 def cmd_train_classifier(a):
     from fastai.losses import CrossEntropyLossFlat
 
-    from .data import split_train_valid
     from .pipeline import DEFAULT_CLASSIFIER, PAPER_CLASSIFIER, SCRATCH_CLASSIFIER, load_artifact, train_classifier
     meta = load_artifact(a.lm)[0]  # a missing or foreign LM folder fails before the data are read
     if meta["kind"] != "lm":
@@ -276,53 +272,37 @@ def cmd_train_classifier(a):
         print("the LM was fine-tuned from random weights, so the classifier trains every layer from the start "
               "with one lr (no gradual unfreezing, no discriminative lrs): a random encoder gives the head nothing "
               "to start from")
-    texts, labels = _read_labelled(a.data, a.text_col, a.label_col)
-    if a.valid:
-        vt, vl = _read_labelled(a.valid, a.text_col, a.label_col)
-    else:
-        (texts, labels), (vt, vl) = split_train_valid(texts, labels, 0.1, a.seed)
-    loss = None
+    from .pipeline import model_tokenizer
+    tok = model_tokenizer(meta, a.lm)  # the LM's own tokens
+    train = _read(a.data, a.text_col, a.label_col, tokenizer=tok)
+    train, valid = (train, _read(a.valid, a.text_col, a.label_col, tokenizer=tok)) if a.valid else train.split(0.1, a.seed)
+    loss, classes = None, None
     if a.class_weights:
         if a.multi_label:
             raise UsageError("--class-weights is for single-label data")
-        classes = sorted({str(l) for l in labels})
-        loss = CrossEntropyLossFlat(weight=_class_weights(a.class_weights, labels, classes).to(device))
-    _, m = train_classifier(texts, labels, vt, vl, a.out, recipe, lm=a.lm, backwards=meta["backwards"], bs=a.bs,
+        classes = sorted({str(l) for l in train.labels})
+        loss = CrossEntropyLossFlat(weight=_class_weights(a.class_weights, train.labels, classes).to(device))
+    _, m = train_classifier(train, valid, a.out, recipe, lm=a.lm, backwards=meta["backwards"], bs=a.bs,
                             max_tokens=a.max_tokens, multi_label=a.multi_label, seed=a.seed, cbs=cbs, loss_func=loss,
-                            classes=sorted({str(l) for l in labels}) if a.class_weights else None, device=device)
+                            classes=classes, device=device)
     print(f"stage 3 done: validation accuracy {m['accuracy']:.4f} -> {a.out}")
 
 
-def _classifiers(model_dir: str, device):
-    """One classifier folder, or a run folder with clf_fwd and/or clf_bwd (then the ensemble)."""
+def _load_model(model_dir, device):
+    """A classifier folder's learner or a run folder's ensemble, and the tokenizer its texts need."""
     from .ensemble import ForwardBackwardEnsemble
-    from .pipeline import load_classifier
-    p = Path(model_dir)
-    if (p / "config.json").exists():
-        return load_classifier(p, device), None
-    fwd, bwd = p / "clf_fwd", p / "clf_bwd"
-    if not fwd.exists() and not bwd.exists():
-        raise UsageError(f"{model_dir} is neither a classifier folder nor a run folder with clf_fwd / clf_bwd")
-    if fwd.exists() and bwd.exists():
-        return None, ForwardBackwardEnsemble(load_classifier(fwd, device), load_classifier(bwd, device))
-    return load_classifier(fwd if fwd.exists() else bwd, device), None
+    from .pipeline import load_model
+    try:
+        model = load_model(model_dir, device)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    return model, (model.forward if isinstance(model, ForwardBackwardEnsemble) else model).dls.tokenizer
 
 
-def _predict_probs(model_dir, texts, device):
-    """``(probs, classes, multi_label)``; batched with a progress line on large inputs."""
-    import torch
-
-    from .data import tokenize
-    from .ensemble import predict_tokens
-    learn, ens = _classifiers(model_dir, device)
-    one = learn or ens.forward
-    out, step = [], 2000
-    for i in range(0, len(texts), step):
-        toks = tokenize(texts[i: i + step], n_workers=min(2, os.cpu_count() or 1))
-        out.append(ens.predict_proba(tokens=toks)["ensemble"] if ens is not None else predict_tokens(learn, toks))
-        if len(texts) > step:
-            print(f"  predicted {min(i + step, len(texts)):,} / {len(texts):,} texts", file=sys.stderr, flush=True)
-    return torch.cat(out).numpy(), [str(c) for c in one.dls.classes], bool(one.dls.multi_label)
+def _predict_probs(model, data):
+    """``(probs, classes, multi_label)``, with progress lines on standard error for large inputs."""
+    from .evaluation import predict_probs
+    return predict_probs(model, data, log=lambda m: print(m, file=sys.stderr, flush=True))
 
 
 def cmd_evaluate(a):
@@ -332,8 +312,10 @@ def cmd_evaluate(a):
     if a.baseline and not a.train:
         raise UsageError("--baseline fits TF-IDF + logistic regression on --train FILE (the labelled training data)")
     device, _ = _setup(a, f"the classifier(s) in {a.model}")
-    texts, labels = _read_labelled(a.data, a.text_col, a.label_col, training=False)
-    probs, classes, multi = _predict_probs(a.model, texts, device)
+    model, tok = _load_model(a.model, device)
+    data = _read(a.data, a.text_col, a.label_col, training=False, tokenizer=tok)
+    texts, labels = data.texts, data.labels
+    probs, classes, multi = _predict_probs(model, data)
     if not multi:
         unknown = sorted({str(l) for l in labels} - set(classes))
         if unknown:
@@ -353,8 +335,9 @@ def cmd_evaluate(a):
             print(f"confusion matrix -> {a.confusion}")
     if a.baseline:
         from .baseline import TfidfBaseline
-        tt, tl = _read_labelled(a.train, a.text_col, a.label_col)
-        b = TfidfBaseline().fit(tt, tl)
+        trn = _read(a.train, a.text_col, a.label_col)
+        tt = trn.texts
+        b = TfidfBaseline().fit(tt, trn.labels)
         bm = classification_metrics(labels, _align(b.predict_proba(texts), b.classes, classes), classes)
         res["tfidf_lr"] = bm
         if not multi:
@@ -385,12 +368,12 @@ def cmd_predict(a):
             raise UsageError("--csv needs --out (a CSV path, or - for standard output)")
         if a.texts or a.file:
             raise UsageError("give texts as arguments / --file, or --csv, not both")
-        from .data import read_csv
+        from .corpus import read_csv
         df = pd.read_csv(sys.stdin, dtype=str, keep_default_na=False) if a.csv == "-" else read_csv(a.csv)
         if a.text_col not in df.columns:
             raise UsageError(f"{a.csv} has no column {a.text_col!r}; columns are {list(df.columns)}")
         device, _ = _setup(a, f"the classifier(s) in {a.model}")
-        probs, classes, multi = _predict_probs(a.model, df[a.text_col].tolist(), device)
+        probs, classes, multi = _predict_probs(_load_model(a.model, device)[0], df[a.text_col].tolist())
         res = predict_dataframe(df, probs, classes, a.text_col, multi, a.threshold)
         if a.out == "-":
             res.to_csv(sys.stdout, index=False)
@@ -401,13 +384,13 @@ def cmd_predict(a):
         return
     texts = list(a.texts)
     if a.file:
-        texts += _read_lines(a.file)
+        texts += _read(a.file, "text", None).texts
     if not texts and not sys.stdin.isatty():
         texts = [l for l in sys.stdin.read().splitlines() if l.strip()]
     if not texts:
         raise UsageError("nothing to predict: give texts as arguments, --file, --csv, or on standard input")
     device, _ = _setup(a)
-    probs, classes, multi = _predict_probs(a.model, texts, device)
+    probs, classes, multi = _predict_probs(_load_model(a.model, device)[0], texts)
     res = predict_dataframe(pd.DataFrame({"text": texts}), probs, classes, "text", multi, a.threshold)
     for _, r in res.iterrows():
         if multi:
@@ -457,6 +440,16 @@ def _add_model(p):
     g.add_argument("--arch", choices=["lstm", "qrnn"], default=None, help="recurrent layers (default: lstm)")
 
 
+def _add_tokenizer(p):
+    g = p.add_argument_group("tokenizer of a new LM (stages 2 and 3 and predict use the LM's own)")
+    g.add_argument("--tokenizer", choices=["spacy", "sentencepiece"], default="spacy",
+                   help="spacy: fastai's rules on spaCy's tokenizer; sentencepiece: subwords trained on the training "
+                   "texts, as MultiFiT (default: spacy)")
+    g.add_argument("--lang", default="en", help="language of spaCy's rules / the texts (default: en)")
+    g.add_argument("--vocab-sz", type=_positive_int, default=None, help="SentencePiece vocabulary size "
+                   "(default: from the corpus size, at most 30,000)")
+
+
 def _add_lm(p):
     """Options shared by the two LM stages."""
     p.add_argument("--out", required=True, help="model folder to write")
@@ -485,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("corpus", help="CSV with a text column, a folder with train.csv (+ valid.csv), or .txt files")
     _add_lm(p)
     _add_model(p)
+    _add_tokenizer(p)
     _add_recipe(p, "pretrain", PRETRAIN)
     _add_hardware(p)
     p.set_defaults(func=cmd_pretrain)
@@ -500,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: on)")
     _add_lm(p)
     _add_model(p)
+    _add_tokenizer(p)
     _add_recipe(p, "lm", DEFAULT_LM)
     _add_hardware(p)
     p.set_defaults(func=cmd_finetune_lm)
@@ -551,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="folder to write")
     p.add_argument("--half", action="store_true", help="store the weights in fp16 (half the size; loaded as fp32)")
     p.set_defaults(func=cmd_export)
+    from .explain import add_parser as add_explain_parser
+    add_explain_parser(sub)
     return ap
 
 

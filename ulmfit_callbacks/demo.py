@@ -18,7 +18,7 @@ import torch
 
 from .artifact import write_json
 from .baseline import TfidfBaseline
-from .data import load_bbc_news, tokenize
+from .corpus import Corpus, load_bbc_news
 from .ensemble import ForwardBackwardEnsemble
 from .models.awd_lstm import AWDLSTMConfig
 from .pipeline import DEFAULT_CLASSIFIER, DEFAULT_LM, SCRATCH_CLASSIFIER, finetune_lm, load_classifier, train_classifier
@@ -58,11 +58,9 @@ def run_demo(out: str | os.PathLike = "runs/demo", size: str = "full", seed: int
     if cfg["n_docs"]:
         df = df.sample(cfg["n_docs"], random_state=seed).reset_index(drop=True)
     train, valid, test = split_indices(len(df), seed)
-    texts, labels = df.text.tolist(), df.label.tolist()
     log(f"split: {len(train)} train / {len(valid)} valid / {len(test)} test articles (seed {seed}); tokenising...")
-    toks = tokenize(texts, n_workers=min(2, os.cpu_count() or 1))
-    pick = lambda idx: [toks[i] for i in idx]  # noqa: E731
-    lab = lambda idx: [labels[i] for i in idx]  # noqa: E731
+    corpus = Corpus.from_texts(df.text.tolist(), df.label.tolist())
+    trn, val, tst = corpus.subset(train), corpus.subset(valid), corpus.subset(test)
     if pretrained is None:
         log("stage 1: none (pretrained=None): the LM starts from random weights, so the classifier trains every "
             "layer from the start (no gradual unfreezing, one lr)")
@@ -71,21 +69,20 @@ def run_demo(out: str | os.PathLike = "runs/demo", size: str = "full", seed: int
     clf_recipe = cfg["clf"] if pretrained is not None else dataclasses.replace(SCRATCH_CLASSIFIER, epochs=cfg["clf"].epochs)
     for direction, backwards in (("fwd", False), ("bwd", True)):
         log(f"[{direction}] stage 2: fine-tuning the LM on the training articles")
-        _, lm_m = finetune_lm(None, None, out / f"lm_{direction}", cfg["lm"], pretrained=pretrained,
+        _, lm_m = finetune_lm(trn, val, out / f"lm_{direction}", cfg["lm"], pretrained=pretrained,
                               config=None if pretrained is not None else cfg["scratch_config"], backwards=backwards,
-                              tokens=(pick(train), pick(valid)), seed=seed, cbs=list(cbs), device=device)
+                              seed=seed, cbs=list(cbs), device=device)
         log(f"[{direction}] LM validation perplexity {lm_m['perplexity']:.1f}")
         log(f"[{direction}] stage 3: classifier (" + ", ".join(type(c).__name__ for c in clf_recipe.callbacks(True)) + ")")
-        train_classifier(None, lab(train), None, lab(valid), out / f"clf_{direction}", clf_recipe,
-                         lm=out / f"lm_{direction}", backwards=backwards, max_tokens=cfg["max_tokens"],
-                         tokens=(pick(train), pick(valid)), seed=seed, cbs=list(cbs), device=device)
+        train_classifier(trn, val, out / f"clf_{direction}", clf_recipe, lm=out / f"lm_{direction}", backwards=backwards,
+                         max_tokens=cfg["max_tokens"], seed=seed, cbs=list(cbs), device=device)
     ens = ForwardBackwardEnsemble(load_classifier(out / "clf_fwd", device), load_classifier(out / "clf_bwd", device))
-    probs = {k: v.numpy() for k, v in ens.predict_proba(tokens=pick(test)).items()}
-    y = lab(test)
+    probs = {k: v.numpy() for k, v in ens.predict_proba(tst).items()}
+    y = tst.labels
     preds = {k: [ens.classes[i] for i in p.argmax(1)] for k, p in probs.items()}
     t_base = time.time()
-    base = TfidfBaseline().fit([texts[i] for i in train], lab(train))
-    preds["TF-IDF + LR"] = base.predict([texts[i] for i in test])
+    base = TfidfBaseline().fit(trn.texts, trn.labels)
+    preds["TF-IDF + LR"] = base.predict(tst.texts)
     base_s = time.time() - t_base
     acc = {k: float(np.mean([a == b for a, b in zip(p, y)])) for k, p in preds.items()}
     log(f"\n== test accuracy ({len(test)} held-out articles) ==")

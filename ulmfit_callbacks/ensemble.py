@@ -7,32 +7,27 @@ import numpy as np
 import torch
 from fastai.learner import Learner
 
-from .data import ClassifierLoader, numericalize, tokenize
+from .corpus import Corpus, as_corpus
+from .loaders import ClassifierLoader
 from .memory import release_memory
+from .vocab import numericalize
 
-__all__ = ["ForwardBackwardEnsemble", "predict_texts", "predict_tokens"]
+__all__ = ["ForwardBackwardEnsemble", "predict_proba"]
 
 
-def predict_texts(learn: Learner, texts: Sequence[str], bs: int = 64, max_tokens: int | None = None,
+def predict_proba(learn: Learner, data: Corpus | Sequence[str], bs: int = 64, max_tokens: int | None = None,
                   bf16: bool = False) -> torch.Tensor:
-    """Class probabilities for raw texts, in input order. Batches are sorted by length for speed.
+    """Class probabilities of a classifier learner for a corpus or raw texts, in input order.
 
-    ``max_tokens``: default the model's own (saved with it by ``train_classifier``).
-    """
-    if len(texts) == 0:
-        raise ValueError("no texts to predict")
-    return predict_tokens(learn, tokenize(list(texts)), bs, max_tokens, bf16)
-
-
-def predict_tokens(learn: Learner, tokens: Sequence[Sequence[str]], bs: int = 64,
-                   max_tokens: int | None = None, bf16: bool = False) -> torch.Tensor:
-    """Class probabilities for tokenised texts (first ``max_tokens`` of each), in input order.
-
-    ``bf16``: run the model under bf16 autocast (AMX / tensor cores); the weights stay fp32.
+    Batches are sorted by length for speed. ``max_tokens``: default the model's own (saved with it
+    by ``train_classifier``). ``bf16``: run under bf16 autocast (AMX / tensor cores); weights stay fp32.
     """
     dls = learn.dls
+    data = as_corpus(data, tokenizer=dls.tokenizer)  # texts are tokenised as the model's training texts were
+    if len(data) == 0:
+        raise ValueError("no texts to predict")
     max_tokens = max_tokens or getattr(learn, "max_tokens", None)
-    tokens = [t[:max_tokens] for t in tokens] if max_tokens else tokens
+    tokens = [t[:max_tokens] for t in data.tokens] if max_tokens else data.tokens
     ids = numericalize(tokens, dls.vocab, dls.backwards)
     dl = ClassifierLoader(ids, np.zeros(len(ids), dtype=np.int64), bs=bs, shuffle=False, pad_idx=learn.model.encoder.pad_idx)
     return _probs(learn, dl, bf16)
@@ -72,14 +67,17 @@ class ForwardBackwardEnsemble:
             raise ValueError("pass the forward learner first and the backward learner second")
         if list(forward.dls.classes) != list(backward.dls.classes):
             raise ValueError(f"the two classifiers have different classes: {forward.dls.classes} vs {backward.dls.classes}")
+        if forward.dls.tokenizer != backward.dls.tokenizer:
+            raise ValueError("the two classifiers read different tokens (their tokenizers differ)")
         self.forward, self.backward = forward, backward
         self.classes = list(forward.dls.classes)
 
     def get_preds(self, data=None, bs: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(probs, targets)`` for a list of texts (targets ``None``) or a pair of validation loaders.
+        """``(probs, targets)`` of the ensemble.
 
-        ``data`` may be a list of texts, ``None`` (both learners' validation sets), or a pair of
-        ``ClassifierLoader``s (forward, backward) over the same documents.
+        ``data``: ``None`` (both learners' validation sets), a pair of ``ClassifierLoader``s
+        (forward, backward) over the same documents, or a corpus / list of texts (targets: the
+        corpus's labels as class indices, else ``None``).
         """
         if data is None:
             data = (self.forward.dls.valid, self.backward.dls.valid)
@@ -88,15 +86,17 @@ class ForwardBackwardEnsemble:
             if not torch.equal(data[0].labels, data[1].labels):
                 raise ValueError("the forward and backward loaders hold different labels: not the same documents")
             return (f + b) / 2, data[0].labels
-        return self.predict_proba(tokens=tokenize(list(data)), bs=bs)["ensemble"], None
+        data = as_corpus(data, tokenizer=self.forward.dls.tokenizer)
+        y = None
+        if data.labels is not None and not self.forward.dls.multi_label:
+            y = torch.tensor([self.classes.index(l) for l in data.labels])
+        return self.predict_proba(data, bs=bs)["ensemble"], y
 
-    def predict_proba(self, texts: Sequence[str] | None = None, tokens=None, bs: int = 64) -> dict[str, torch.Tensor]:
+    def predict_proba(self, data: Corpus | Sequence[str], bs: int = 64) -> dict[str, torch.Tensor]:
         """Probabilities of ``"forward"``, ``"backward"`` and their ``"ensemble"`` (the mean: the one
-        place the ensemble rule lives) for raw ``texts`` or tokenised ``tokens``, in input order."""
-        if (texts is None) == (tokens is None):
-            raise ValueError("pass either texts or tokens")
-        tokens = tokenize(list(texts)) if tokens is None else tokens
-        out = {"forward": predict_tokens(self.forward, tokens, bs), "backward": predict_tokens(self.backward, tokens, bs)}
+        place the ensemble rule lives) for a corpus or raw texts (tokenised once), in input order."""
+        data = as_corpus(data, tokenizer=self.forward.dls.tokenizer)
+        out = {"forward": predict_proba(self.forward, data, bs), "backward": predict_proba(self.backward, data, bs)}
         out["ensemble"] = (out["forward"] + out["backward"]) / 2
         return out
 
@@ -108,5 +108,5 @@ class ForwardBackwardEnsemble:
     def accuracy(self, data=None) -> float:
         probs, y = self.get_preds(data)
         if y is None:
-            raise ValueError("accuracy needs labelled loaders, not raw texts")
+            raise ValueError("accuracy needs labelled data: loaders or a labelled Corpus, not raw texts")
         return float((probs.argmax(-1) == y).float().mean())

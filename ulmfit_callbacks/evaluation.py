@@ -1,5 +1,7 @@
 """Predictions a person can use, and metrics beyond accuracy.
 
+- :func:`predict`: one call from a model (folder, learner or ensemble) and a DataFrame or list
+  of texts to a DataFrame of predictions (:func:`predict_dataframe`'s columns).
 - :func:`predict_dataframe`: every input column kept, in order, plus the predicted label, its
   probability and one probability column per class (multi-label: one 0/1 column per label at
   ``threshold`` and the probabilities). Empty texts get a prediction and ``empty_text=True``.
@@ -14,7 +16,49 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["predict_dataframe", "classification_metrics", "classification_report_text", "confusion_png"]
+__all__ = ["predict", "predict_probs", "predict_dataframe", "classification_metrics", "classification_report_text",
+           "confusion_png"]
+
+
+def predict_probs(model, data, chunk: int = 2000, log=None) -> tuple[np.ndarray, list[str], bool]:
+    """``(probs, classes, multi_label)`` of a classifier learner or a forward+backward ensemble
+    for a :class:`~ulmfit_callbacks.corpus.Corpus` or a list of texts.
+
+    Texts are tokenised and predicted ``chunk`` at a time (memory stays flat on large files);
+    ``log`` (e.g. ``print``) gets a progress line per chunk when there is more than one.
+    """
+    from .corpus import Corpus
+    from .ensemble import ForwardBackwardEnsemble, predict_proba
+    ens = model if isinstance(model, ForwardBackwardEnsemble) else None
+    one = ens.forward if ens is not None else model
+    out = []
+    for i in range(0, len(data), chunk):
+        part = data.subset(range(i, min(i + chunk, len(data)))) if isinstance(data, Corpus) else \
+            Corpus.from_texts(data[i: i + chunk], tokenizer=one.dls.tokenizer)
+        out.append((ens.predict_proba(part)["ensemble"] if ens is not None else predict_proba(model, part)).numpy())
+        if log is not None and len(data) > chunk:
+            log(f"  predicted {min(i + chunk, len(data)):,} / {len(data):,} texts")
+    probs = np.concatenate(out) if out else np.zeros((0, len(one.dls.classes)))
+    return probs, [str(c) for c in one.dls.classes], bool(one.dls.multi_label)
+
+
+def predict(model, data: pd.DataFrame | Sequence[str], text_col: str = "text", threshold: float = 0.5, device=None,
+            log=None) -> pd.DataFrame:
+    """Predictions as a DataFrame: ``data``'s rows and columns (a list of texts becomes a ``text``
+    column), in order, plus the predicted label, its probability and one column per class.
+
+    ``model``: a classifier learner, a :class:`~ulmfit_callbacks.ForwardBackwardEnsemble`, or a
+    folder (:func:`~ulmfit_callbacks.pipeline.load_model`: a run folder gives the ensemble).
+    """
+    if isinstance(model, (str, Path)):
+        from .pipeline import load_model
+        model = load_model(model, device)
+    df = data if isinstance(data, pd.DataFrame) else pd.DataFrame({text_col: list(data)})
+    if text_col not in df.columns:
+        raise ValueError(f"no column {text_col!r}; columns are {list(df.columns)}")
+    texts = ["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in df[text_col]]
+    probs, classes, multi = predict_probs(model, texts, log=log)
+    return predict_dataframe(df, probs, classes, text_col, multi, threshold)
 
 
 def predict_dataframe(df: pd.DataFrame, probs: np.ndarray, classes: Sequence, text_col: str = "text",
@@ -36,7 +80,7 @@ def predict_dataframe(df: pd.DataFrame, probs: np.ndarray, classes: Sequence, te
         out["probability"] = probs[np.arange(len(probs)), best].round(6)
     for j, c in enumerate(classes):
         out[f"prob_{c}"] = probs[:, j].round(6)
-    out["empty_text"] = df[text_col].astype(str).str.strip().eq("").to_numpy()
+    out["empty_text"] = df[text_col].fillna("").astype(str).str.strip().eq("").to_numpy()
     return out
 
 

@@ -41,11 +41,6 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-try:  # the tokenizer's home after the split of the data module
-    from .corpus import tokenize
-except ImportError:  # pragma: no cover - before the split
-    from .data import tokenize
-
 __all__ = ["METHODS", "Explanation", "explain", "attributions", "top_losses", "faithfulness", "add_parser", "cmd_explain"]
 
 METHODS = ("ig", "attention", "grad_input")
@@ -198,14 +193,8 @@ def _prepare(learn, items) -> list[list[str]]:
 
 
 def _tokenize(learn, texts: list[str]) -> list[list[str]]:
-    """Tokens made as the model's were: a callable tokenizer on the learner or its data, else fastai's rules."""
-    for tok in (getattr(learn, "tokenizer", None), getattr(learn.dls, "tokenizer", None)):
-        if callable(tok):
-            return [list(t) for t in tok(texts)]
-    settings = getattr(learn.dls, "tokenizer", None)
-    if isinstance(settings, dict) and settings.get("name", "spacy") != "spacy":
-        raise ValueError(f"this classifier reads {settings['name']} tokens: pass its tokens instead of the text")
-    return tokenize(texts)
+    """Tokens made as the model's were: by its data's tokenizer (saved with the model)."""
+    return [list(t) for t in learn.dls.tokenizer(texts)]
 
 
 def _ids(learn, toks: Sequence[Sequence[str]]) -> list[np.ndarray]:

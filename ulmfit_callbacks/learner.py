@@ -13,7 +13,7 @@ from fastai.metrics import Perplexity, accuracy, accuracy_multi
 from fastai.optimizer import Adam
 
 from .artifact import read_model_folder, resolve_model
-from .data import ULMFiTDataLoaders
+from .loaders import ULMFiTDataLoaders
 from .losses import LMLoss
 from .memory import ReleaseMemory
 from .models.awd_lstm import AWDLSTM, CLASSIFIER_DROPOUTS, AWDLSTMConfig, AWDLSTMLanguageModel
@@ -24,7 +24,7 @@ from .splitters import classifier_splitter, lm_splitter
 
 SIZE_KEYS = ("emb_sz", "n_hid", "n_layers", "pad_idx", "tie_weights", "out_bias", "arch")
 
-__all__ = ["ulmfit_lm_learner", "ulmfit_classifier_learner", "DataCheck", "encoder_state_dict", "load_encoder"]
+__all__ = ["ulmfit_lm_learner", "ulmfit_classifier_learner", "DataCheck", "encoder_state_dict", "load_encoder", "read_pretrained"]
 
 
 class DataCheck(Callback):
@@ -55,13 +55,17 @@ def _check_dls(dls, kind):
         raise ValueError(f"expected {kind} data, got {dls.kind} data")
 
 
-def _pretrained_source(pretrained, backwards: bool):
-    """``(state_or_path, itos, meta)`` for any accepted ``pretrained=`` value (see :func:`ulmfit_lm_learner`)."""
+def read_pretrained(pretrained, backwards: bool):
+    """``(weights, itos, meta)`` for any accepted ``pretrained=`` value (see :func:`ulmfit_lm_learner`),
+    read once; ``meta`` is the model folder's config (``None`` for fastai's files). The triple is
+    itself an accepted ``pretrained=`` value."""
     if isinstance(pretrained, str) and pretrained == "wt103":
         w, itos = wt103_files(backwards)
         return w, itos, None
     if isinstance(pretrained, (tuple, list)):
-        return pretrained[0], pretrained[1], None
+        if len(pretrained) not in (2, 3):
+            raise ValueError("pretrained=(weights, itos) or (weights, itos, meta)")
+        return pretrained[0], pretrained[1], (pretrained[2] if len(pretrained) == 3 else None)
     folder = resolve_model(pretrained, backwards)
     if not (folder / "config.json").exists():  # fastai's archive layout (one .pth + one itos file)
         w, itos = find_pretrained_files(folder)
@@ -99,7 +103,7 @@ def ulmfit_lm_learner(dls: ULMFiTDataLoaders, config: AWDLSTMConfig | dict | Non
     """
     _check_dls(dls, "lm")
     config = AWDLSTMConfig.from_dict(config) if isinstance(config, dict) else config
-    source = _pretrained_source(pretrained, dls.backwards) if pretrained is not None else None
+    source = read_pretrained(pretrained, dls.backwards) if pretrained is not None else None
     if config is None:
         sizes = {k: v for k, v in (source[2] or {}).get("config", {}).items() if k in SIZE_KEYS} if source else {}
         config = dataclasses.replace(AWDLSTMConfig(), **sizes)
@@ -107,7 +111,7 @@ def ulmfit_lm_learner(dls: ULMFiTDataLoaders, config: AWDLSTMConfig | dict | Non
     report = None
     if source is not None:
         report = load_pretrained(model, source[0], source[1], dls.vocab)
-        if source[2] is not None:
+        if source[2] is not None and "source" in source[2]:
             report.source = source[2]["source"]
         print(report)
     own = [ModelResetter(), ActivationRegularizer(alpha, beta), DataCheck("lm", dls.backwards, len(dls.vocab)),

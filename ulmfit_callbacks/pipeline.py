@@ -19,17 +19,20 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .artifact import atomic_write, read_model_folder, resolve_model, save_model_folder, write_json
+from .artifact import atomic_write, read_model_folder, save_model_folder, write_json
 from .averaging import ASGDWeightAveraging
-from .data import Vocab, classifier_dataloaders, lm_dataloaders
-from .learner import SIZE_KEYS, ulmfit_classifier_learner, ulmfit_lm_learner
+from .corpus import Corpus, as_corpus
+from .learner import SIZE_KEYS, read_pretrained, ulmfit_classifier_learner, ulmfit_lm_learner
+from .loaders import ClassifierLoader, ULMFiTDataLoaders, classifier_dataloaders, lm_dataloaders
 from .models.awd_lstm import AWDLSTMConfig
 from .schedule import DiscriminativeLR, SlantedTriangularLR
+from .tokenizer import Tokenizer, tokenizer_from_dict
 from .unfreezing import GradualUnfreezing
+from .vocab import Vocab
 
 __all__ = ["PAPER_LM", "PAPER_CLASSIFIER", "PRETRAIN", "DEFAULT_LM", "DEFAULT_CLASSIFIER", "SCRATCH_CLASSIFIER",
            "Recipe", "pretrain_lm", "finetune_lm", "train_classifier", "save_artifact", "load_artifact",
-           "load_classifier", "write_json"]
+           "load_classifier", "load_model", "write_json"]
 
 
 @dataclass
@@ -82,9 +85,6 @@ SCRATCH_CLASSIFIER = dataclasses.replace(DEFAULT_CLASSIFIER, discriminative=Fals
                                          unfreeze_schedule=None)
 
 
-TOKENIZER = {"name": "spacy", "lang": "en", "rules": "fastai"}  # what every artifact's tokens came from
-
-
 def save_artifact(folder: str | os.PathLike, learn, kind: str, metrics: dict | None = None, plots=(), **settings):
     """Save a trained learner as a model folder (:mod:`~ulmfit_callbacks.artifact`).
 
@@ -93,12 +93,14 @@ def save_artifact(folder: str | os.PathLike, learn, kind: str, metrics: dict | N
     folder = Path(folder)
     model = learn.model
     cfg = model.config if kind == "lm" else model.encoder.module.config
+    tok = learn.dls.tokenizer
     meta = dict(kind=kind, config=cfg.to_dict(), backwards=learn.dls.backwards, classes=learn.dls.classes,
-                multi_label=learn.dls.multi_label, tokenizer=TOKENIZER, **settings)
+                multi_label=learn.dls.multi_label, tokenizer=tok.to_dict(), **settings)
     if kind == "classifier":
         enc, head = model.encoder, model.head
         meta.update(bptt=enc.bptt, max_len=enc.max_len, hidden=head.hidden, head_ps=list(head.ps))
     save_model_folder(folder, model.state_dict(), meta, learn.dls.vocab.itos, metrics)
+    tok.save(folder)  # e.g. SentencePiece's spm.model: predictions tokenise as training did
     for name, fig in plots:
         atomic_write(folder / f"{name}.png", lambda f, fig=fig: fig.savefig(f, dpi=110, format="png"))
         import matplotlib.pyplot as plt
@@ -175,12 +177,30 @@ def _lm_metrics(learn, seconds):
                 seconds=round(seconds, 1))
 
 
-def pretrain_lm(train_texts, valid_texts, out: str | os.PathLike, config: AWDLSTMConfig, recipe: Recipe,
-                backwards=False, bs=32, bptt=70, max_vocab=30000, min_freq=2, seed=42, tokens=None, cbs=(), device=None):
-    """Stage 1: train an AWD-LSTM LM on a general-domain corpus (``cbs``: extra callbacks, e.g. ``BF16Autocast()``)."""
+def model_tokenizer(meta: dict | None, folder=None) -> Tokenizer:
+    """The tokenizer a model folder's config names (fastai's spaCy rules for folders that name none)."""
+    return tokenizer_from_dict((meta or {}).get("tokenizer") or {"name": "spacy", "lang": "en", "rules": "fastai"}, folder)
+
+
+def _task_corpus(data, meta: dict | None, folder, what: str) -> Corpus:
+    """``data`` as a Corpus in the model's tokens: texts are tokenised by its tokenizer; a Corpus
+    tokenised otherwise is refused."""
+    try:
+        return as_corpus(data, tokenizer=model_tokenizer(meta, folder) if meta is not None else None)
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+
+
+def pretrain_lm(train: Corpus, valid: Corpus | None, out: str | os.PathLike, config: AWDLSTMConfig, recipe: Recipe,
+                backwards=False, bs=32, bptt=70, max_vocab=30000, min_freq=2, seed=42, cbs=(), device=None):
+    """Stage 1: train an AWD-LSTM LM on a general-domain corpus (``cbs``: extra callbacks, e.g. ``BF16Autocast()``).
+
+    ``valid``: ``None`` holds out 10% of ``train``. The corpus's tokenizer (e.g. SentencePiece,
+    :mod:`~ulmfit_callbacks.tokenizer`) is saved with the LM, and stages 2 and 3 use it.
+    """
     torch.manual_seed(seed)
-    dls = lm_dataloaders(train_texts, valid_texts, bs=bs, bptt=bptt, backwards=backwards, max_vocab=max_vocab,
-                         min_freq=min_freq, seed=seed, tokens=tokens, device=device)
+    dls = lm_dataloaders(train, valid, bs=bs, bptt=bptt, backwards=backwards, max_vocab=max_vocab, min_freq=min_freq,
+                         seed=seed, device=device)
     learn = ulmfit_lm_learner(dls, config=config, drop_mult=recipe.drop_mult)
     t = time.time()
     recipe = dataclasses.replace(recipe, discriminative=False)  # stage 1 trains every layer alike
@@ -190,16 +210,17 @@ def pretrain_lm(train_texts, valid_texts, out: str | os.PathLike, config: AWDLST
     return learn, metrics
 
 
-def finetune_lm(train_texts, valid_texts, out: str | os.PathLike, recipe: Recipe, pretrained="general",
+def finetune_lm(train: Corpus, valid: Corpus | None, out: str | os.PathLike, recipe: Recipe, pretrained="general",
                 config: AWDLSTMConfig | None = None, backwards=False, bs=32, bptt=70, max_vocab=30000, min_freq=2,
-                seed=42, tokens=None, cbs=(), keep_pretrained_vocab: bool = False, device=None):
+                seed=42, cbs=(), keep_pretrained_vocab: bool = False, device=None):
     """Stage 2: fine-tune the LM on the target task's text (vocab from the target training text).
 
-    ``pretrained``: the stage-1 LM, by default ``"general"`` (shipped with the package); any
-    value :func:`~ulmfit_callbacks.ulmfit_lm_learner` takes (a model folder, a hub id), or
-    ``None`` for random weights. Embedding rows are remapped by token into the new vocabulary;
-    the stage-1 sizes are used, with the dropouts of ``config`` (default: the paper's LM
-    dropouts) times ``recipe.drop_mult``, whatever dropouts stage 1 trained with.
+    ``valid``: ``None`` holds out 10% of ``train``. ``pretrained``: the stage-1 LM, by default
+    ``"general"`` (shipped with the package); any value :func:`~ulmfit_callbacks.ulmfit_lm_learner`
+    takes (a model folder, a hub id), or ``None`` for random weights; it is read once. Embedding
+    rows are remapped by token into the new vocabulary; the stage-1 sizes are used, with the
+    dropouts of ``config`` (default: the paper's LM dropouts) times ``recipe.drop_mult``,
+    whatever dropouts stage 1 trained with.
 
     ``keep_pretrained_vocab``: the vocabulary is the task's (tokens seen ``min_freq`` times in its
     training text) followed by the stage-1 tokens it lacks, up to ``max_vocab``: words that are
@@ -207,32 +228,33 @@ def finetune_lm(train_texts, valid_texts, out: str | os.PathLike, recipe: Recipe
     becoming ``xxunk``.
     """
     torch.manual_seed(seed)
-    folder = resolve_model(pretrained, backwards) if pretrained is not None else None
-    extra = None
-    if folder is not None and keep_pretrained_vocab:
-        extra = load_artifact(folder)[1]
-    dls = lm_dataloaders(train_texts, valid_texts, bs=bs, bptt=bptt, backwards=backwards, max_vocab=max_vocab,
-                         min_freq=min_freq, seed=seed, tokens=tokens, extra_vocab=extra, device=device)
-    if folder is not None and (folder / "config.json").exists():
-        sizes = {k: v for k, v in read_model_folder(folder)[0]["config"].items() if k in SIZE_KEYS}
+    source = read_pretrained(pretrained, backwards) if pretrained is not None else None
+    meta = source[2] if source is not None else None
+    train = _task_corpus(train, meta, (meta or {}).get("source"), f"the pretrained LM {pretrained!r}")
+    extra = Vocab(source[1]) if source is not None and keep_pretrained_vocab else None
+    dls = lm_dataloaders(train, valid, bs=bs, bptt=bptt, backwards=backwards, max_vocab=max_vocab, min_freq=min_freq,
+                         seed=seed, extra_vocab=extra, device=device)
+    if meta is not None and "config" in meta:
+        sizes = {k: v for k, v in meta["config"].items() if k in SIZE_KEYS}
         config = dataclasses.replace(config or AWDLSTMConfig(), **sizes)
-    learn = ulmfit_lm_learner(dls, config=config, pretrained=folder, drop_mult=recipe.drop_mult)
+    learn = ulmfit_lm_learner(dls, config=config, pretrained=source, drop_mult=recipe.drop_mult)
     t = time.time()
     used = _fit(learn, recipe, classifier=False, extra=cbs, out=out)
     metrics = _lm_metrics(learn, time.time() - t)
-    metrics["pretrained"] = None if folder is None else str(pretrained)
+    metrics["pretrained"] = None if source is None else str(pretrained)
     if learn.pretrained_report is not None:
         metrics["pretrained_tokens_matched"] = learn.pretrained_report.matched
     save_artifact(out, learn, "lm", metrics, _plots(learn, used))
     return learn, metrics
 
 
-def train_classifier(train_texts, train_labels, valid_texts, valid_labels, out: str | os.PathLike, recipe: Recipe,
+def train_classifier(train: Corpus, valid: Corpus | None, out: str | os.PathLike, recipe: Recipe,
                      lm: str | os.PathLike | None = None, config: AWDLSTMConfig | None = None, vocab: Vocab | None = None,
-                     backwards=False, bs=32, max_tokens=None, multi_label=False, seed=42, classes=None, tokens=None,
-                     cbs=(), loss_func=None, device=None):
-    """Stage 3: the classifier on top of the fine-tuned LM encoder (``lm``: a stage-2 artifact folder).
+                     backwards=False, bs=32, max_tokens=None, multi_label=False, seed=42, classes=None, cbs=(),
+                     loss_func=None, device=None):
+    """Stage 3: the classifier on top of the fine-tuned LM encoder (``lm``: a stage-2 model folder).
 
+    ``train`` and ``valid`` are labelled corpora (``valid=None`` holds out 10% of ``train``).
     ``max_tokens`` (keep the first N tokens of each document) is saved with the model and used
     again by :func:`load_classifier`'s predictions. ``loss_func``: e.g. class-weighted cross-entropy.
     """
@@ -242,14 +264,14 @@ def train_classifier(train_texts, train_labels, valid_texts, valid_labels, out: 
         meta, vocab, state = load_artifact(lm)
         if meta["kind"] != "lm":
             raise ValueError(f"{lm} holds a {meta['kind']}, not a language model")
+        train = _task_corpus(train, meta, lm, f"the LM {lm}")
         config = AWDLSTMConfig.from_dict(meta["config"])
         encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
         lm_meta = dict(vocab_sz=len(vocab), backwards=meta["backwards"])
     if vocab is None:
         raise ValueError("train_classifier needs the fine-tuned LM (`lm`) or a vocabulary (`vocab`)")
-    dls = classifier_dataloaders(train_texts, train_labels, vocab, valid_texts, valid_labels, bs=bs, backwards=backwards,
-                                 multi_label=multi_label, seed=seed, max_tokens=max_tokens, classes=classes, tokens=tokens,
-                                 device=device)
+    dls = classifier_dataloaders(train, valid, vocab=vocab, bs=bs, backwards=backwards, multi_label=multi_label, seed=seed,
+                                 max_tokens=max_tokens, classes=classes, device=device)
     learn = ulmfit_classifier_learner(dls, config=config, encoder=encoder, lm_meta=lm_meta, drop_mult=recipe.drop_mult,
                                       loss_func=loss_func)
     t = time.time()
@@ -264,14 +286,14 @@ def train_classifier(train_texts, train_labels, valid_texts, valid_labels, out: 
 
 def load_classifier(folder: str | os.PathLike, device=None):
     """A classifier learner (for prediction and evaluation) from a saved artifact folder."""
-    from .data import ClassifierLoader, ULMFiTDataLoaders
     meta, vocab, state = load_artifact(folder)
     if meta["kind"] != "classifier":
         raise ValueError(f"{folder} holds a {meta['kind']}, not a classifier")
     y = np.zeros((0, len(meta["classes"])), np.float32) if meta["multi_label"] else np.zeros(0, np.int64)
     empty = ClassifierLoader([], y)
     dls = ULMFiTDataLoaders(empty, empty.new(), vocab=vocab, backwards=meta["backwards"], kind="classifier",
-                            classes=meta["classes"], multi_label=meta["multi_label"], device=device)
+                            classes=meta["classes"], multi_label=meta["multi_label"], device=device,
+                            tokenizer=model_tokenizer(meta, folder))
     cfg = AWDLSTMConfig.from_dict(meta["config"])  # dropouts do not matter for inference
     learn = ulmfit_classifier_learner(dls, config=cfg, bptt=meta["bptt"], max_len=meta["max_len"],
                                       hidden=meta["hidden"], head_ps=tuple(meta["head_ps"]))
@@ -279,3 +301,18 @@ def load_classifier(folder: str | os.PathLike, device=None):
     learn.model.to(learn.dls.device).eval()
     learn.max_tokens = meta.get("max_tokens")
     return learn
+
+
+def load_model(folder: str | os.PathLike, device=None):
+    """A classifier folder -> its learner; a run folder holding ``clf_fwd`` and ``clf_bwd`` -> their
+    :class:`~ulmfit_callbacks.ForwardBackwardEnsemble` (with only one of them: that learner)."""
+    from .ensemble import ForwardBackwardEnsemble
+    p = Path(folder)
+    if (p / "config.json").exists() or (p / "weights.pt").exists():
+        return load_classifier(p, device)
+    fwd, bwd = p / "clf_fwd", p / "clf_bwd"
+    if fwd.exists() and bwd.exists():
+        return ForwardBackwardEnsemble(load_classifier(fwd, device), load_classifier(bwd, device))
+    if fwd.exists() or bwd.exists():
+        return load_classifier(fwd if fwd.exists() else bwd, device)
+    raise FileNotFoundError(f"{folder} is neither a classifier folder nor a run folder with clf_fwd / clf_bwd")

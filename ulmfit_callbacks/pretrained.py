@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import Vocab
 from .models.awd_lstm import from_fastai_state_dict
+from .vocab import Vocab
 
 __all__ = ["PretrainedReport", "load_pretrained", "load_weights_file", "read_itos", "find_pretrained_files", "wt103_files"]
 

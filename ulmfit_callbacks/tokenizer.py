@@ -41,11 +41,11 @@ from typing import Sequence
 
 import numpy as np
 
+from .vocab import SPECIAL_TOKENS
+
 __all__ = ["SPECIAL_TOKENS", "MAX_PIECE_CHARS", "Tokenizer", "SpacyTokenizer", "SentencePieceTokenizer", "get_tokenizer",
            "tokenizer_from_dict", "tokenize_cached", "token_cache_dir", "tokenize"]
 
-# fastai's special tokens, in fastai's order (UNK=0, PAD=1, BOS=2, ...).
-SPECIAL_TOKENS = ["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj"]
 BOS = "xxbos"
 MAX_PIECE_CHARS = 200_000  # spaCy refuses texts over nlp.max_length (1,000,000 characters)
 SPM_FILE = "spm.model"
