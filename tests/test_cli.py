@@ -207,3 +207,52 @@ def test_predict_csv_round_trips_10000_rows_with_every_column(messy):
     assert abs(p.sum(1) - 1).max() < 1e-4 and out.empty_text.eq("True").sum() == (big.text.fillna("") == "").sum()
     r = run("predict", "--model", str(d / "clf"), "--csv", "-", "--out", "-", stdin="text\nNone\nThe match was won\n")
     assert r.returncode == 0 and r.stdout.splitlines()[0].startswith("text,predicted_label,probability")
+
+
+GERMAN = {  # written for this test: two topics, a few paragraphs each
+    "sport": ["Die Mannschaft gewann das Spiel am Samstag mit zwei zu null.",
+              "Der Trainer lobte die Abwehr nach dem Sieg im Stadion.",
+              "Im Finale schoss der Stürmer zwei Tore für seinen Verein.",
+              "Die Spielerinnen feierten den Pokal mit ihren Fans.",
+              "Nach der Niederlage sprach der Kapitän über die nächste Saison.",
+              "Das Rennen endete mit einem knappen Sieg der Läuferin."],
+    "wetter": ["Morgen wird es im Norden regnerisch und kühl.",
+               "Am Wochenende scheint die Sonne, die Temperaturen steigen.",
+               "Im Süden zieht ein Gewitter mit starkem Wind auf.",
+               "Der Winter bringt Schnee in die Berge und Frost in den Tälern.",
+               "Nebel liegt am Morgen über den Feldern, später wird es klar.",
+               "Die Wetterdienste warnen vor Sturm an der Küste."],
+}
+
+
+def test_german_with_sentencepiece_through_all_three_stages(tmp_path):
+    """lang= and SentencePiece from stage 1 on; stages 2 and 3 and predict (fresh processes) use the
+    stage-1 tokenizer, saved as spm.model in every model folder."""
+    import pandas as pd
+    rows = [(t, c) for c, ts in GERMAN.items() for t in ts] * 4
+    pd.DataFrame({"text": [t for t, _ in rows]}).to_csv(tmp_path / "general.csv", index=False)
+    pd.DataFrame({"text": [t for t, _ in rows], "label": [c for _, c in rows]}).to_csv(tmp_path / "task.csv", index=False)
+    small = ["--emb-sz", "8", "--n-hid", "16", "--n-layers", "2", "--bs", "4", "--bptt", "10", "--epochs", "1"]
+    r = run("pretrain", str(tmp_path / "general.csv"), "--out", str(tmp_path / "s1"), "--tokenizer", "sentencepiece",
+            "--lang", "de", "--vocab-sz", "120", *small)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "tokenizer: sentencepiece (de)" in r.stdout
+    tok = json.loads((tmp_path / "s1" / "config.json").read_text())["tokenizer"]
+    assert tok["name"] == "sentencepiece" and tok["lang"] == "de" and (tmp_path / "s1" / "spm.model").exists()
+    r = run("finetune-lm", str(tmp_path / "task.csv"), "--pretrained", str(tmp_path / "s1"), "--out", str(tmp_path / "lm"),
+            "--bs", "4", "--bptt", "10", "--epochs", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run("train-classifier", str(tmp_path / "task.csv"), "--lm", str(tmp_path / "lm"), "--out", str(tmp_path / "clf"),
+            "--epochs", "1", "--bs", "8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for d in ("lm", "clf"):
+        assert json.loads((tmp_path / d / "config.json").read_text())["tokenizer"] == tok
+        assert (tmp_path / d / "spm.model").read_bytes() == (tmp_path / "s1" / "spm.model").read_bytes()
+    vocab = json.loads((tmp_path / "clf" / "vocab.json").read_text())["itos"]
+    assert any(t.startswith("\u2581") for t in vocab)  # SentencePiece pieces, not spaCy words
+    r = run("predict", "--model", str(tmp_path / "clf"), "Der Stürmer schoss ein Tor.")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1].split("\t")[0] in GERMAN
+    r = run("finetune-lm", str(tmp_path / "task.csv"), "--pretrained", str(tmp_path / "s1"), "--out", str(tmp_path / "x"),
+            "--tokenizer", "sentencepiece")
+    assert r.returncode == 2 and "brings its own tokenizer" in r.stderr
