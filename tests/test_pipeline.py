@@ -51,3 +51,11 @@ def test_recipe_builds_the_asked_callbacks():
     assert avg.start_epoch == 3
     names = [type(c).__name__ for c in dataclasses.replace(Recipe(), stlr=False, discriminative=False).callbacks(True)]
     assert names == ["GradualUnfreezing"]
+
+
+def test_few_labels_get_their_own_recipe():
+    from ulmfit_callbacks.pipeline import DEFAULT_CLASSIFIER, FEW_LABELS_CLASSIFIER, classifier_recipe
+    recipe, bs, why = classifier_recipe(120)
+    assert recipe == FEW_LABELS_CLASSIFIER and bs == 16 and "few-label" in why
+    assert recipe.epochs * -(-120 // bs) >= 200 and not recipe.gradual_unfreezing  # enough steps, every layer trains
+    assert classifier_recipe(5000)[:2] == (DEFAULT_CLASSIFIER, 32)

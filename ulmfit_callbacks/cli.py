@@ -154,7 +154,10 @@ def _add_recipe(p, stage: str, base):
             typ = _positive_int if name in ("epochs", "nonmono") else int if types[name].type in ("int", "int | None") else float
             g.add_argument(flag, type=typ, default=None, help=f"{_HELP[name]} (default: {default})")
     g.add_argument("--paper", action="store_true", help="start from the paper's recipe instead of ours")
-    g.add_argument("--bs", type=_positive_int, default=32, help="batch size (default: 32)")
+    if stage == "classifier":
+        g.add_argument("--bs", type=_positive_int, default=None, help="batch size (default: 32; 16 with few labels)")
+    else:
+        g.add_argument("--bs", type=_positive_int, default=32, help="batch size (default: 32)")
 
 
 def _recipe(a, stage: str, base):
@@ -276,13 +279,19 @@ def cmd_train_classifier(a):
     tok = model_tokenizer(meta, a.lm)  # the LM's own tokens
     train = _read(a.data, a.text_col, a.label_col, tokenizer=tok)
     train, valid = (train, _read(a.valid, a.text_col, a.label_col, tokenizer=tok)) if a.valid else train.split(0.1, a.seed)
+    bs = a.bs or 32
+    if not a.paper and not from_scratch:
+        from .pipeline import classifier_recipe
+        base, few_bs, why = classifier_recipe(len(train))
+        recipe, bs = _recipe(a, "classifier", base), a.bs or few_bs
+        print(f"recipe: {why}")
     loss, classes = None, None
     if a.class_weights:
         if a.multi_label:
             raise UsageError("--class-weights is for single-label data")
         classes = sorted({str(l) for l in train.labels})
         loss = CrossEntropyLossFlat(weight=_class_weights(a.class_weights, train.labels, classes).to(device))
-    _, m = train_classifier(train, valid, a.out, recipe, lm=a.lm, backwards=meta["backwards"], bs=a.bs,
+    _, m = train_classifier(train, valid, a.out, recipe, lm=a.lm, backwards=meta["backwards"], bs=bs,
                             max_tokens=a.max_tokens, multi_label=a.multi_label, seed=a.seed, cbs=cbs, loss_func=loss,
                             classes=classes, device=device)
     print(f"stage 3 done: validation accuracy {m['accuracy']:.4f} -> {a.out}")
