@@ -77,3 +77,41 @@ def test_killed_writer_leaves_previous_checkpoint_intact(lm_dls, tiny_config, tm
     p.wait()
     assert path.read_bytes() == before  # the old checkpoint, whole
     read_checkpoint(path)
+
+
+def test_random_states_round_trip_cuda_included(lm_dls, tiny_config, tmp_path, monkeypatch):
+    """torch (CPU and, faked here, two CUDA devices), numpy and Python generators come back as saved;
+    CUDA states are restored only where CUDA is available, on the devices that exist."""
+    import random
+
+    import numpy as np
+    cuda_states = [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4, 5, 6], dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in cuda_states])
+    learn = ulmfit_lm_learner(lm_dls, config=tiny_config)
+    learn.create_opt()
+    save_checkpoint(learn, tmp_path / "ck.pt")
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    restored = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((device, s)))
+    load_checkpoint(learn, tmp_path / "ck.pt")
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+    assert len(restored) == 1 and restored[0][0] == 0 and torch.equal(restored[0][1], cuda_states[0])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine reading a GPU checkpoint
+    load_checkpoint(learn, tmp_path / "ck.pt")
+    assert len(restored) == 1
+
+
+def test_a_data_parallel_model_is_saved_plain(lm_dls, tiny_config, tmp_path):
+    learn = ulmfit_lm_learner(lm_dls, config=tiny_config)
+    learn.create_opt()
+    learn.model = torch.nn.DataParallel(learn.model)  # as inside distributed training: the model wrapped
+    save_checkpoint(learn, tmp_path / "ck.pt")
+    state = read_checkpoint(tmp_path / "ck.pt")
+    assert not any(k.startswith("module.") for k in state["model"]) and state["meta"]["config"]["emb_sz"] == tiny_config.emb_sz
+    fresh = ulmfit_lm_learner(lm_dls, config=tiny_config)
+    load_checkpoint(fresh, tmp_path / "ck.pt")
+    for a, b in zip(learn.model.module.state_dict().values(), fresh.model.state_dict().values()):
+        assert torch.equal(a, b)

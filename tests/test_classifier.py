@@ -108,6 +108,35 @@ def test_bounded_graph_for_long_documents():
     assert len(calls) == 100 and sum(calls) == 3
 
 
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the calls that read a tensor's value on the host: on a GPU each waits for the queued work."""
+    READS = {"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy", "cpu"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.READS:
+            self.calls.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_one_host_read_per_batch_whatever_the_number_of_chunks(train):
+    """The chunk loop decides rows and graph on the host from one copy of the lengths per batch."""
+    enc = _encoder(bptt=4, max_len=8).train(train)
+    g = torch.Generator().manual_seed(0)
+    for lengths in [(37, 3, 20, 9), (5, 2)]:
+        docs = [torch.randint(2, 40, (n,), generator=g) for n in lengths]
+        x = _pad(docs, ["left", "right"] * (len(docs) // 2))
+        with _HostReads() as reads:
+            out = enc(x)
+        assert reads.calls == ["tolist"], reads.calls
+        if train:
+            out.sum().backward()
+
+
 def test_rejects_empty_documents():
     with pytest.raises(ValueError, match="no tokens"):
         _encoder()(torch.tensor([[3, 4], [PAD, PAD]]))

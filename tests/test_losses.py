@@ -32,6 +32,42 @@ def test_bf16_hidden_states_close_to_fp32():
     assert got.dtype == torch.float32 and abs(got.item() - ref.item()) < 0.02 * ref.item()
 
 
+def test_fp16_hidden_states_with_a_loss_scale():
+    """fp16 GEMMs, fp32 softmax statistics: close to fp64, also with fastai's loss scale (2**16) flowing back."""
+    torch.manual_seed(0)
+    h64, w64 = torch.randn(300, 16, dtype=torch.float64), torch.randn(500, 16, dtype=torch.float64) * 0.3
+    b64, y = torch.randn(500, dtype=torch.float64) * 0.1, torch.randint(0, 500, (300,))
+    ref = [t.clone().requires_grad_() for t in (h64, w64, b64)]
+    loss_ref = F.cross_entropy(F.linear(*ref), y)
+    loss_ref.backward()
+    h, w, b = h64.half().requires_grad_(), w64.float().requires_grad_(), b64.float().requires_grad_()
+    loss = linear_cross_entropy(h, w, b, y, chunk=64, block=128)
+    assert loss.dtype == torch.float32 and abs(loss.item() - loss_ref.item()) < 2e-3 * loss_ref.item()
+    (loss * 2.0 ** 16).backward()
+    assert h.grad.dtype == torch.float16 and w.grad.dtype == b.grad.dtype == torch.float32
+    for got, want in ((h.grad, ref[0].grad), (w.grad, ref[1].grad), (b.grad, ref[2].grad)):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got.double() / 2.0 ** 16, want, atol=2e-3 * want.abs().max().item(), rtol=0)
+
+
+def test_gemms_in_the_hidden_dtype_inside_autocast():
+    """fastai's MixedPrecision computes the loss inside its autocast region: the fused loss ignores it."""
+    torch.manual_seed(0)
+    h, w, y = torch.randn(40, 8), torch.randn(30, 8), torch.randint(0, 30, (40,))
+    outside = linear_cross_entropy(h, w, None, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = linear_cross_entropy(h, w, None, y)
+    assert torch.equal(inside, outside)
+
+
+def test_decoder_input_passes_fastais_to_float():
+    """``to_float`` (fastai's MixedPrecision.after_pred) leaves the decoder input as it is."""
+    from fastai.torch_core import to_float
+    d = DecoderInput(torch.randn(2, 3, 4).half(), torch.randn(9, 4), None)
+    assert torch.is_floating_point(d) and d.dtype == torch.float16
+    assert to_float(d) is d and to_float((d, torch.ones(1).half()))[1].dtype == torch.float32
+
+
 def test_gradients_only_where_autograd_wants_them():
     torch.manual_seed(0)
     h, w = torch.randn(20, 4, requires_grad=True), torch.randn(9, 4)  # weight frozen

@@ -93,6 +93,40 @@ def test_weight_dropout_really_drops(tiny_config):
         assert (layer.weight_hh.grad == 0).any()
 
 
+def test_lstm_weights_in_cudnns_flat_layout(tiny_config, monkeypatch):
+    """Where cuDNN runs the LSTM, its four weights (W_hh after DropConnect) go in as views of one
+    contiguous buffer in cuDNN's order; values, outputs and gradients are those of separate weights."""
+    from ulmfit_callbacks.models.awd_lstm import cudnn_flat_weights
+    torch.manual_seed(0)
+    ws = [torch.randn(8, 3, requires_grad=True), torch.randn(8, 2).t().t(), torch.randn(8), torch.randn(8)]
+    flat = cudnn_flat_weights(tuple(ws))
+    base = flat[0].untyped_storage().data_ptr()
+    offsets = [(v.data_ptr() - base) // v.element_size() for v in flat]
+    assert offsets == [0, 24, 40, 48] and all(v.is_contiguous() for v in flat)
+    assert all(torch.equal(v, w) for v, w in zip(flat, ws))
+    flat[0].sum().backward()
+    assert torch.equal(ws[0].grad, torch.ones(8, 3))
+
+    lstm, buffers = torch._VF.lstm, []
+
+    def spy(x, state, weights, *args):
+        buffers.append(len({w.untyped_storage().data_ptr() for w in weights}))
+        return lstm(x, state, weights, *args)
+    monkeypatch.setattr(torch._VF, "lstm", spy, raising=False)
+
+    def run(cudnn: bool):
+        monkeypatch.setattr(torch.backends.cudnn, "is_acceptable", lambda x: cudnn)
+        torch.manual_seed(1)
+        m = AWDLSTMLanguageModel(50, tiny_config).train()
+        torch.manual_seed(2)
+        out = m(torch.randint(0, 50, (3, 7)))[0]
+        out.sum().backward()
+        return out, [p.grad for p in m.parameters()]
+    (a, ga), (b, gb) = run(True), run(False)
+    assert buffers == [1] * tiny_config.n_layers + [4] * tiny_config.n_layers  # one buffer where cuDNN runs
+    assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(ga, gb))
+
+
 def test_plain_tensors_inside(tiny_config):
     from fastai.text.data import TensorText
     _, m = _pair(tiny_config)

@@ -1,4 +1,5 @@
 """bf16 autocast on CPU with every callback: trains, averages stay fp32, AR/TAR in fp32, no leak."""
+import numpy as np
 import pytest
 import torch
 from fastai.callback.core import Callback
@@ -98,3 +99,52 @@ def test_state_carried_from_bf16_into_fp32_forward(tiny_config):
         m(x)
     assert all(h.dtype == torch.float32 for hc in m.encoder.hidden for h in hc)
     assert m(x)[0].dtype == torch.float32  # an fp32 step right after a bf16 one
+
+
+@pytest.fixture
+def cpu_amp(monkeypatch):
+    """fastai's MixedPrecision on the CPU: its autocast and GradScaler are hard-wired to 'cuda' (no-ops
+    here); point them at the CPU. oneDNN has no fp16 LSTM on most CPUs, so its LSTM is turned off."""
+    import fastai.callback.fp16 as fp16
+    monkeypatch.setattr(fp16, "autocast", lambda device_type, **kw: torch.autocast("cpu", **kw))
+    monkeypatch.setattr(fp16, "GradScaler", lambda device, **kw: torch.amp.GradScaler("cpu", **kw))
+    with torch.backends.mkldnn.flags(enabled=False):
+        yield
+
+
+def test_lm_under_fastais_mixed_precision(lm_dls, tiny_config, cpu_amp):
+    """fp16 autocast + loss scaling (2**16) with the fused loss: one SGD step lands where an fp32 step
+    does, up to fp16 rounding in the LSTM (an unscaled or doubly scaled gradient would miss by 100%)."""
+    from fastai.callback.core import CancelFitException
+    from fastai.callback.fp16 import MixedPrecision
+    from fastai.optimizer import SGD
+
+    class OneStep(Callback):
+        order = 100
+
+        def after_step(self):
+            self.learn.scales_seen = list(self.learn.mixed_precision.scales) if hasattr(self.learn, "mixed_precision") else []
+            raise CancelFitException()
+
+    def one_step(cbs):
+        torch.manual_seed(0)
+        lm_dls.train.rng = np.random.default_rng(0)
+        learn = ulmfit_lm_learner(lm_dls, config=tiny_config, opt_func=SGD)
+        init = {k: v.detach().clone() for k, v in learn.model.named_parameters()}
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(1, 0.5, cbs=cbs + [OneStep()])
+        return learn, init
+    probe = DtypeProbe()
+    amp, _ = one_step([MixedPrecision(), probe])
+    assert amp.scales_seen == [2.0 ** 16] and probe.pred_dtype[0] == "fused" and probe.loss_dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in amp.model.parameters())
+    ref, init = one_step([])
+    for (k, a), b in zip(amp.model.named_parameters(), ref.model.parameters()):
+        assert (a - b).norm() <= 0.01 * (b - init[k]).norm(), k
+
+
+def test_bf16_autocast_refuses_mixed_precision(lm_dls, tiny_config):
+    learn = ulmfit_lm_learner(lm_dls, config=tiny_config).to_fp16()
+    with pytest.raises(ValueError, match="BF16Autocast and fastai's MixedPrecision"):
+        learn.fit(1, cbs=BF16Autocast())
+    assert not torch.is_autocast_enabled("cpu")

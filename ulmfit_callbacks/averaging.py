@@ -279,4 +279,6 @@ class ASGDWeightAveraging(ResumableCallback):
         if self.learn is None:
             raise RuntimeError("the model has BatchNorm layers: swap the averaged weights in while the callback is "
                                "attached to a learner (learn.add_cb), so their statistics can be recomputed")
-        return update_bn(self._model, self.dls.train.new(shuffle=False), self.bn_batches)  # the loader's RNG untouched
+        train = self.dls.train
+        train = getattr(train, "dl", train)  # under learn.distrib_ctx(): fastai's DistributedDL around ours; every rank reads all
+        return update_bn(self._model, train.new(shuffle=False), self.bn_batches)  # the loader's RNG untouched

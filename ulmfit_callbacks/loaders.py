@@ -8,11 +8,15 @@
   the direction is recorded on the loaders and checked by the learners.
 - :func:`lm_dataloaders` and :func:`classifier_dataloaders` take a
   :class:`~ulmfit_callbacks.corpus.Corpus` (or, for convenience, a list of texts).
+- Both loaders speak fastai's ``DataLoader`` hooks (``get_idxs`` / ``create_batches``), so
+  ``learn.distrib_ctx()`` (fastai's ``DistributedDL``) shards them: every rank gets its own
+  contiguous slice of the epoch's items (rank 0's order, broadcast), the same number of batches.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from types import SimpleNamespace
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -27,8 +31,21 @@ __all__ = ["LMLoader", "ClassifierLoader", "ULMFiTDataLoaders", "lm_dataloaders"
 
 
 class _Loader:
-    """Shared plumbing that fastai's ``Learner`` needs from a loader."""
+    """What fastai needs from a loader: ``Learner`` (``len``, iteration, ``to``, ``one_batch``) and
+    ``DistributedDL`` (``learn.distrib_ctx()``).
+
+    An epoch is ``create_batches(get_idxs())``: ``get_idxs()`` draws the epoch's items in order
+    (documents for the classifier, batches for the LM), ``create_batches`` turns any run of them
+    into CPU batches. ``DistributedDL`` calls the two with rank 0's items cut into one contiguous,
+    equally long slice per rank, and moves the batches to the model's device itself; it also reads
+    ``bs``, ``drop_last``, ``dataset``, ``fake_l``, ``num_workers``, ``offs``, ``pin_memory`` and
+    calls the no-op hooks below. Unknown attributes of the wrapper are looked up on ``dataset``
+    (the loader itself), so e.g. ``learn.dl.variable_bptt`` still answers under ``distrib_ctx``.
+    """
     device: torch.device | None = None
+    drop_last = False
+    num_workers, offs, pin_memory = 1, 0, False  # fastai's convention: the main process reads index stream 0 of 1
+    fake_l = SimpleNamespace(pin_memory=False, num_workers=0, timeout=0, persistent_workers=False, pin_memory_device="")
 
     def to(self, device):
         self.device = torch.device(device) if device is not None else None
@@ -36,6 +53,32 @@ class _Loader:
 
     def _out(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device) if self.device is not None else t
+
+    @property
+    def dataset(self):
+        return self
+
+    def get_idxs(self) -> list[int]:
+        raise NotImplementedError
+
+    def create_batches(self, idxs: Iterable[int]):
+        raise NotImplementedError
+
+    def __iter__(self):
+        for b in self.create_batches(self.get_idxs()):
+            yield tuple(self._out(t) for t in b)
+
+    def randomize(self):
+        """No-op: the loaders draw from their own seeded ``rng``."""
+
+    def before_iter(self):
+        pass
+
+    def after_iter(self):
+        pass
+
+    def after_batch(self, b):
+        return b
 
     def one_batch(self):
         return next(iter(self))
@@ -54,9 +97,15 @@ class LMLoader(_Loader):
     ``N(bptt/2, 5)``, clipped to [5, bptt + 40]. The number of batches per epoch is fixed,
     ``ceil((rows_len - 1) / bptt)``, so schedules know ``len(loader)`` in advance.
 
-    Distributed: with ``world_size`` > 1 the stream is cut into ``bs * world_size`` rows and
+    The items of an epoch (``get_idxs()``) are its batches: under ``learn.distrib_ctx()`` rank ``r``
+    of ``w`` reads the ``r``-th contiguous ``1/w`` of the epoch's batches (its own stretch of every
+    row, the hidden state carried within it), and every rank must draw the same plan (document
+    order, sequence lengths), hence a shared ``seed``.
+
+    Hand-built DDP: with ``world_size`` > 1 the stream is cut into ``bs * world_size`` rows and
     rank ``rank`` reads rows ``rank * bs`` to ``(rank + 1) * bs``. Every rank draws the same
     document order and sequence lengths from the shared ``seed``, so batches line up across ranks.
+    Leave ``rank``/``world_size`` at their defaults under ``distrib_ctx``, which shards by itself.
     """
 
     def __init__(self, docs: Sequence[np.ndarray], bs: int = 64, bptt: int = 70, shuffle: bool = False,
@@ -66,16 +115,17 @@ class LMLoader(_Loader):
             raise ValueError(f"bs and bptt must be >= 1, got bs={bs}, bptt={bptt}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
-        if world_size > 1 and shuffle and seed is None:
-            raise ValueError("distributed LM loaders need a shared `seed` so that every rank reads the same order")
         self.rank, self.world_size = rank, world_size
         self.docs = [np.asarray(d, dtype=np.int64) for d in docs]
         self.bs, self.bptt, self.shuffle = bs, bptt, shuffle
         self.variable_bptt = shuffle if variable_bptt is None else variable_bptt
+        if world_size > 1 and self._random and seed is None:
+            raise ValueError("distributed LM loaders need a shared `seed` so that every rank reads the same order")
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.n_items = int(sum(len(d) for d in self.docs))
         self.last_seq_len = bptt
+        self._plan: tuple = (None, [])  # (this rank's rows, [(start, length)] per batch) of the current epoch
         self.device = torch.device(device) if device is not None else None
         if self.docs and self.n_items // (bs * world_size) < 2:
             raise ValueError(f"{self.n_items} tokens are too few for batch size {bs} x {world_size} rank(s)")
@@ -94,24 +144,39 @@ class LMLoader(_Loader):
         lens = np.rint(self.rng.normal(base, 5)).astype(int)
         return np.clip(lens, min(5, self.bptt), self.bptt + 40)
 
-    def __iter__(self):
+    @property
+    def _random(self) -> bool:
+        return self.shuffle or self.variable_bptt
+
+    def get_idxs(self) -> list[int]:
+        """Draw this epoch's plan (document order, start offset, each batch's length); the items are batch numbers."""
         n = len(self)
         if n == 0:
-            return
+            return []
+        if self._random and self.seed is None and _world_size() > 1:
+            raise ValueError("under distributed training every rank must draw the same LM batches: give the loader a `seed`")
         order = self.rng.permutation(len(self.docs)) if self.shuffle else range(len(self.docs))
         stream = np.concatenate([self.docs[i] for i in order])
         L = self.row_len
         rows = torch.from_numpy(stream[: L * self.bs * self.world_size].reshape(self.bs * self.world_size, L))
-        rows = rows[self.rank * self.bs: (self.rank + 1) * self.bs]
         lens = self._seq_lens(n)
         spare = (L - 1) - int(lens.sum())
         i = int(self.rng.integers(0, spare + 1)) if (self.shuffle and spare > 0) else 0
+        spans = []
         for b in range(n):
-            sl = int(min(lens[b], (L - 1) - i - (n - b - 1)))  # leave >= 1 token per remaining batch
-            sl = max(sl, 1)
-            self.last_seq_len = sl
-            yield self._out(rows[:, i: i + sl]), self._out(rows[:, i + 1: i + 1 + sl])
+            sl = max(int(min(lens[b], (L - 1) - i - (n - b - 1))), 1)  # leave >= 1 token per remaining batch
+            spans.append((i, sl))
             i += sl
+        self._plan = rows[self.rank * self.bs: (self.rank + 1) * self.bs], spans
+        return list(range(n))
+
+    def create_batches(self, idxs: Iterable[int]):
+        """CPU batches ``(x, y)`` of the batch numbers ``idxs`` of the plan drawn by the last ``get_idxs()``."""
+        rows, spans = self._plan
+        for b in idxs:
+            i, sl = spans[b]
+            self.last_seq_len = sl
+            yield rows[:, i: i + sl], rows[:, i + 1: i + 1 + sl]
 
     def new(self, docs=None, **kwargs) -> "LMLoader":
         args = dict(docs=self.docs if docs is None else docs, bs=self.bs, bptt=self.bptt, shuffle=self.shuffle,
@@ -127,6 +192,10 @@ class ClassifierLoader(_Loader):
     Training batches are "sortish" (fastai's ``SortedDL``): shuffled, then sorted by length
     within pools of 50 batches, so padding stays small. Evaluation iterates longest first;
     ``get_idxs()`` exposes the order so ``Learner.get_preds`` returns input order.
+
+    Under ``learn.distrib_ctx()`` each rank reads a contiguous, equally long slice of rank 0's
+    ``get_idxs()`` (fastai pads it to a multiple of the world size with its first documents), in
+    batches of ``bs``; a rank's one-row last training batch takes a document from the batch before.
     """
 
     def __init__(self, docs: Sequence[np.ndarray], labels, bs: int = 64, shuffle: bool = False,
@@ -153,6 +222,7 @@ class ClassifierLoader(_Loader):
         return math.ceil(self.n_items / self.bs) - int(self.drop_last)
 
     def get_idxs(self) -> list[int]:
+        """This epoch's documents in reading order; without the last one when ``drop_last``."""
         if self._get_idxs is not None:
             return list(self._get_idxs())
         if not self.shuffle:
@@ -163,7 +233,8 @@ class ClassifierLoader(_Loader):
         batches = [c[i: i + self.bs] for c in chunks for i in range(0, len(c), self.bs)]
         first = int(np.argmax([self.lengths[b[0]] for b in batches]))  # longest batch first: memory errors early
         rest = [batches[i] for i in self.rng.permutation(len(batches)) if i != first]
-        return [int(j) for b in [batches[first]] + rest for j in b]
+        idxs = [int(j) for b in [batches[first]] + rest for j in b]
+        return idxs[:-1] if self.drop_last else idxs
 
     def pad(self, idxs: Sequence[int]) -> torch.Tensor:
         sl = int(self.lengths[list(idxs)].max())
@@ -172,13 +243,14 @@ class ClassifierLoader(_Loader):
             x[r, : self.lengths[j]] = torch.from_numpy(self.docs[j])
         return x
 
-    def __iter__(self):
-        idxs = self.get_idxs()
-        for i in range(0, len(idxs), self.bs):
-            b = idxs[i: i + self.bs]
-            if len(b) == 1 and self.drop_last:
-                return
-            yield self._out(self.pad(b)), self._out(self.labels[b])
+    def create_batches(self, idxs: Iterable[int]):
+        """CPU batches ``(x, y)`` of ``bs`` documents each, in the order of ``idxs``."""
+        idxs = list(idxs)
+        batches = [idxs[i: i + self.bs] for i in range(0, len(idxs), self.bs)]
+        if self.shuffle and len(batches) > 1 and len(batches[-1]) == 1 and len(batches[-2]) > 2:
+            batches[-1].insert(0, batches[-2].pop())  # BatchNorm cannot train on one row (a rank's last batch)
+        for b in batches:
+            yield self.pad(b), self.labels[b]
 
     def new(self, docs=None, labels=None, **kwargs) -> "ClassifierLoader":
         args = dict(docs=self.docs if docs is None else docs, labels=self.labels if labels is None else labels,
@@ -186,6 +258,11 @@ class ClassifierLoader(_Loader):
                     get_idxs=self._get_idxs)
         args.update({k: v for k, v in kwargs.items() if k in args})
         return ClassifierLoader(**args)
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class ULMFiTDataLoaders(DataLoaders):

@@ -15,7 +15,8 @@ in bf16 for a 30k vocabulary, freed when the call returns) and multiplied out in
 GEMMs; many small blocks would each read and write the whole V x d gradient of W.
 So the decoder costs the three GEMMs of the plain path, and the backward pass only scales
 the stored gradients by the incoming one. Logits and softmax are fp32 whatever the dtype of
-``h`` (bf16 under autocast).
+``h`` (bf16 or fp16 under autocast); with fp16 and a loss scale (fastai's ``MixedPrecision``)
+the incoming gradient is the scale, so the stored gradients come out scaled as usual.
 """
 from __future__ import annotations
 
@@ -82,26 +83,45 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor | None, target:
                          block: int = 4096) -> Tensor:
     """``F.cross_entropy(F.linear(h, weight, bias), target)`` (mean) without storing the logits.
 
-    ``h``: (N, d) in fp32 or bf16; ``weight``: (V, d); ``target``: (N,) class ids. The GEMMs run
-    in ``h``'s dtype, the softmax in fp32. Gradients flow to ``h``, ``weight`` and ``bias``; they
-    are computed in the forward pass (only when autograd will want them), so a call under
-    ``torch.no_grad()`` costs one GEMM. ``chunk``: rows of logits at a time; ``block``: rows of
-    the softmax kept (in ``h``'s dtype) for each gradient GEMM.
+    ``h``: (N, d) in fp32, bf16 or fp16; ``weight``: (V, d); ``target``: (N,) class ids. The GEMMs
+    run in ``h``'s dtype (also inside an autocast region), the logits' max, exponentials and sums
+    in fp32. Gradients flow to ``h``, ``weight`` and ``bias``; they are computed in the forward
+    pass (only when autograd will want them), so a call under ``torch.no_grad()`` costs one GEMM.
+    ``chunk``: rows of logits at a time; ``block``: rows of the softmax kept (in ``h``'s dtype)
+    for each gradient GEMM.
     """
     if h.dim() != 2 or target.shape != h.shape[:1]:
         raise ValueError(f"expected h (N, d) and target (N,), got {tuple(h.shape)} and {tuple(target.shape)}")
     if chunk < 1 or block < 1:
         raise ValueError(f"chunk and block must be >= 1, got {chunk} and {block}")
     want_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, weight, bias))
-    return _LinearCrossEntropy.apply(h, weight, bias, target, chunk, max(block, chunk), want_grad)
+    with torch.autocast(h.device.type, enabled=False):  # fastai's MixedPrecision computes the loss under autocast
+        return _LinearCrossEntropy.apply(h, weight, bias, target, chunk, max(block, chunk), want_grad)
 
 
 class DecoderInput:
     """What a fused :class:`~ulmfit_callbacks.models.awd_lstm.LinearDecoder` returns in training
-    instead of logits: the decoder's input and parameters, for :class:`LMLoss`."""
+    instead of logits: the decoder's input and parameters, for :class:`LMLoss`.
+
+    fastai's ``MixedPrecision`` passes predictions through ``to_float`` (``x.float() if
+    torch.is_floating_point(x)``) so the loss is computed in fp32: this object answers both, and
+    ``float()`` returns it unchanged, as :func:`linear_cross_entropy` already computes its softmax
+    statistics in fp32 (its GEMMs stay in ``hidden``'s dtype, the point of mixed precision).
+    """
 
     def __init__(self, hidden: Tensor, weight: Tensor, bias: Tensor | None):
         self.hidden, self.weight, self.bias = hidden, weight, bias
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return True if func is torch.is_floating_point else NotImplemented
+
+    def float(self) -> "DecoderInput":
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hidden.dtype
 
     @property
     def shape(self):  # (bs, seq_len, vocab), as the logits would be

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 from fastai.callback.core import Callback
+from fastai.callback.fp16 import MixedPrecision
 
 __all__ = ["BF16Autocast"]
 
@@ -24,7 +25,8 @@ class BF16Autocast(Callback):
     Parameters, optimizer state and averaged weights stay fp32; the outputs are cast back to
     fp32, so the loss, AR/TAR and metrics are computed in fp32. No loss scaling is needed for
     bf16 (fp32's exponent range). The autocast region is opened and closed by forward hooks;
-    the closing hook runs even when the forward raises, so no autocast state leaks.
+    the closing hook runs even when the forward raises, so no autocast state leaks. It refuses
+    to run beside fastai's ``MixedPrecision`` on the same learner.
     """
     order = 10  # as fastai's MixedPrecision
 
@@ -43,6 +45,10 @@ class BF16Autocast(Callback):
         return _to_float(output)
 
     def before_fit(self):
+        if any(isinstance(cb, MixedPrecision) for cb in self.learn.cbs):
+            raise ValueError("BF16Autocast and fastai's MixedPrecision (learn.to_fp16() / to_bf16()) would both set the "
+                             "forward's precision: use one of them (MixedPrecision for fp16 with loss scaling on a GPU, "
+                             "BF16Autocast for bf16 on a CPU or GPU)")
         self._remove()
         m = self.learn.model
         self._handles = [m.register_forward_pre_hook(self._enter),

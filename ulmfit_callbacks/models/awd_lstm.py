@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..losses import DecoderInput
 from .qrnn import QRNNLayer
 
-__all__ = ["AWDLSTMConfig", "CLASSIFIER_DROPOUTS", "LockedDropout", "WeightDropLSTM", "AWDLSTM",
+__all__ = ["AWDLSTMConfig", "CLASSIFIER_DROPOUTS", "LockedDropout", "WeightDropLSTM", "cudnn_flat_weights", "AWDLSTM",
            "LinearDecoder", "AWDLSTMLanguageModel", "to_fastai_state_dict", "from_fastai_state_dict"]
 
 
@@ -105,12 +105,25 @@ def embedding_dropout(emb: nn.Embedding, words: Tensor, p: float, training: bool
     return F.embedding(words, w, emb.padding_idx)
 
 
+def cudnn_flat_weights(weights: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """``(W_ih, W_hh, b_ih, b_hh)`` as views into one new contiguous buffer, in that order: the
+    flat layout ``nn.LSTM.flatten_parameters`` gives a one-layer LSTM, which cuDNN uses in place.
+    Separate tensors (the DropConnect'ed ``W_hh`` is new every forward) are copied into such a
+    buffer by cuDNN on every call, with the warning "RNN module weights are not part of single
+    contiguous chunk of memory". One ``cat`` (differentiable: gradients reach the parameters) does
+    that copy instead, values unchanged. ``benchmarks/gpu_check.py`` checks the warning is gone.
+    """
+    flat = torch.cat([w.reshape(-1) for w in weights])
+    return tuple(v.view_as(w) for v, w in zip(flat.split([w.numel() for w in weights]), weights))
+
+
 class WeightDropLSTM(nn.Module):
     """One LSTM layer with DropConnect (Wan et al. 2013) on its hidden-to-hidden matrix.
 
     ``W_hh`` is dropped element-wise (scaled by 1/(1-p)) once per forward, so the same mask
     applies at every time step. The dropped matrix is a temporary of the forward pass; the
-    parameters are plain leaves and gradients reach ``weight_hh`` through the mask.
+    parameters are plain leaves and gradients reach ``weight_hh`` through the mask. The kernel
+    gets contiguous weights, on a GPU in cuDNN's flat layout (:func:`cudnn_flat_weights`).
     """
 
     def __init__(self, n_in: int, n_out: int, weight_p: float = 0.0):
@@ -127,6 +140,7 @@ class WeightDropLSTM(nn.Module):
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         w_hh = F.dropout(self.weight_hh, self.weight_p, self.training) if self.weight_p else self.weight_hh
         weights = (self.weight_ih, w_hh, self.bias_ih, self.bias_hh)
+        weights = cudnn_flat_weights(weights) if torch.backends.cudnn.is_acceptable(x) else tuple(w.contiguous() for w in weights)
         # The functional LSTM kernel behind nn.LSTM (one layer, batch first, no inner dropout).
         out, h, c = torch._VF.lstm(x, state, weights, True, 1, 0.0, self.training, False, True)
         return out, (h, c)

@@ -1,6 +1,7 @@
 """ULMFiT classifier: BPT3C encoder with masked concat pooling, and the BN/Dropout/Linear head."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -21,6 +22,10 @@ class BPT3CEncoder(nn.Module):
     the front, keeping their order, so every document starts from a zero state.
     ``module`` is an AWD-LSTM encoder (ours or fastai's ``AWD_LSTM``): ``reset()`` plus a
     forward that carries its hidden state and returns the last layer's outputs.
+
+    One device-to-host copy per batch (the lengths and whether the batch is right-padded): which
+    rows each chunk runs and which need a graph is decided on the host, so the chunk loop queues
+    GPU work without waiting for it.
     """
 
     def __init__(self, module: nn.Module, bptt: int = 70, max_len: int = 1400, pad_idx: int = 1):
@@ -36,30 +41,35 @@ class BPT3CEncoder(nn.Module):
         tokens = tokens.as_subclass(Tensor) if type(tokens) is not Tensor else tokens
         real = tokens != self.pad_idx
         lengths = real.sum(1)
-        if (lengths == 0).any():
+        right_padded = (real[:, :-1] >= real[:, 1:]).all()
+        # the batch's one device-to-host copy: lengths and padding layout; the chunk bookkeeping runs on the host
+        host = torch.cat([lengths, right_padded[None].to(lengths.dtype)]).tolist()
+        lens_host, right_padded = np.array(host[:-1]), bool(host[-1])
+        if (lens_host == 0).any():
             raise ValueError("a document in the batch has no tokens (only padding)")
-        if not bool((real[:, :-1] >= real[:, 1:]).all()):  # not right-padded: real tokens to the front
+        if not right_padded:  # real tokens to the front
             order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)
             tokens = tokens.gather(1, order)
-        sl = int(lengths.max())
+        sl = int(lens_host.max())
         # longest first, so that chunk i runs only the k rows that still have tokens (the module
         # keeps the first k rows of its state when the batch shrinks, as fastai's AWD_LSTM does)
         rows = torch.argsort(lengths, descending=True, stable=True)
         tokens, lengths = tokens[rows, :sl], lengths[rows]
+        lens_host = -np.sort(-lens_host)  # the same order, on the host
         self.reset()
         grad_on = torch.is_grad_enabled()
         pos = torch.arange(sl, device=tokens.device)
         last = run_max = run_sum = None
         for i in range(0, sl, self.bptt):
-            k = int((lengths > i).sum())
+            k = int((lens_host > i).sum())
             chunk, lens = tokens[:k, i: i + self.bptt], lengths[:k]
             n = chunk.size(1)
             # rows whose chunk starts inside their last max_len tokens
-            needs = (i >= lens - self.max_len) if grad_on else None
-            if grad_on and bool(needs.any()):
+            n_grad = int((i >= lens_host[:k] - self.max_len).sum()) if grad_on else 0
+            if n_grad:
                 out = self.module(chunk)
-                if not bool(needs.all()):
-                    out = torch.where(needs[:, None, None], out, out.detach())
+                if n_grad < k:
+                    out = torch.where((i >= lens - self.max_len)[:, None, None], out, out.detach())
             else:
                 with torch.no_grad():
                     out = self.module(chunk)
