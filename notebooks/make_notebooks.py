@@ -11,6 +11,7 @@ torch.manual_seed(0)"""
 def nb(cells, path):
     n = nbf.v4.new_notebook()
     n.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    n.metadata["execution"] = {"timeout": 1200}  # nbmake's per-cell limit: LM fine-tuning on a busy 2-core machine
     n.cells = [nbf.v4.new_markdown_cell(c[3:]) if c.startswith("md:") else nbf.v4.new_code_cell(c) for c in cells]
     nbf.write(n, path)
 
