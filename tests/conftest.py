@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config):
     torch.set_num_threads(1)  # tiny models; also avoids OpenMP oversubscription beside other jobs
+    # the processes tests start (CLI runs, notebook kernels) too: with `-n 2` two workers share 2 cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     if "ULMFIT_TOKEN_CACHE" not in os.environ:  # the suite's token cache: its own folder, not the user's
         os.environ["ULMFIT_TOKEN_CACHE"] = tempfile.mkdtemp(prefix="ulmfit_tokens_")
 
