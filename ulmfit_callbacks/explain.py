@@ -41,12 +41,14 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from .vocab import SPECIAL_TOKENS, numericalize
+
 __all__ = ["METHODS", "Explanation", "explain", "attributions", "top_losses", "faithfulness", "add_parser", "cmd_explain"]
 
 METHODS = ("ig", "attention", "grad_input")
 _NAMES = {"ig": "integrated gradients", "attention": "intrinsic attention (|gradient|)", "grad_input": "gradient x input"}
 _MARKERS = {"xxmaj": lambda w: w[:1].upper() + w[1:], "xxup": str.upper}  # case markers: folded into the next word for display
-_SPECIAL = {"xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj"}  # fastai's special tokens
+_SPECIAL = set(SPECIAL_TOKENS)
 TOKEN_BUDGET = 4096  # rows x tokens per batch: the size of one forward/backward pass
 
 
@@ -198,8 +200,7 @@ def _tokenize(learn, texts: list[str]) -> list[list[str]]:
 
 
 def _ids(learn, toks: Sequence[Sequence[str]]) -> list[np.ndarray]:
-    ids = [np.asarray(learn.dls.vocab.numericalize(t), dtype=np.int64) for t in toks]
-    return [d[::-1].copy() for d in ids] if learn.dls.backwards else ids
+    return numericalize(toks, learn.dls.vocab, learn.dls.backwards)
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from .learner import SIZE_KEYS, read_pretrained, ulmfit_classifier_learner, ulmf
 from .loaders import ClassifierLoader, ULMFiTDataLoaders, classifier_dataloaders, lm_dataloaders
 from .models.awd_lstm import AWDLSTMConfig
 from .schedule import DiscriminativeLR, SlantedTriangularLR
-from .tokenizer import Tokenizer, tokenizer_from_dict
+from .tokenizer import SpacyTokenizer, Tokenizer, tokenizer_from_dict
 from .unfreezing import GradualUnfreezing
 from .vocab import Vocab
 
@@ -196,7 +196,8 @@ def _lm_metrics(learn, seconds):
 
 def model_tokenizer(meta: dict | None, folder=None) -> Tokenizer:
     """The tokenizer a model folder's config names (fastai's spaCy rules for folders that name none)."""
-    return tokenizer_from_dict((meta or {}).get("tokenizer") or {"name": "spacy", "lang": "en", "rules": "fastai"}, folder)
+    settings = (meta or {}).get("tokenizer")
+    return tokenizer_from_dict(settings, folder) if settings else SpacyTokenizer()
 
 
 def _task_corpus(data, meta: dict | None, folder, what: str) -> Corpus:
