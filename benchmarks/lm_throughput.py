@@ -60,8 +60,8 @@ def timing(cfg, args):
     names = ("fastai", "ours") + (("ours-qrnn",) if args.qrnn else ())
     models = {w: build(w, args.vocab, emb, hid, layers) for w in names}
     for w, m in models.items():
-        if w != "fastai":
-            m.decoder.fused = args.fused  # ulmfit_lm_learner's default: decoder + loss fused in training
+        if w != "fastai" and args.fused:
+            LMLoss().attach(m)  # ulmfit_lm_learner's default: decoder + loss fused in training
     opts = {w: torch.optim.Adam(m.parameters(), 1e-3) for w, m in models.items()}
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, args.vocab, (args.bs, args.bptt + 1), generator=g) for _ in range(args.steps + args.warmup)]
@@ -102,8 +102,8 @@ def peak_rss_child(which, cfg, args, bf16=False) -> float:
 def child(args):
     emb, hid, layers = map(int, args._cfg.split(","))
     model = build(args._child, args.vocab, emb, hid, layers).train()
-    if args._child != "fastai":
-        model.decoder.fused = args.fused
+    if args._child != "fastai" and args.fused:
+        LMLoss().attach(model)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(args.steps):

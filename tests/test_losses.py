@@ -123,3 +123,38 @@ def test_fused_and_plain_learners_train_alike(lm_dls, tiny_config, bf16):
                 assert diff < 0.01, f"{k}: mean difference {float(diff):.2%} of the mean weight"
     va, vb = a.recorder.values[-1][1], b.recorder.values[-1][1]
     assert abs(va - vb) < (0.03 if bf16 else 1e-3) * vb
+
+
+def test_the_loss_owns_the_fusion(tiny_config):
+    """LMLoss.attach fuses the decoder in place (same parameters, tying and state dict); detach undoes it;
+    the model's own code knows nothing of the loss."""
+    import ulmfit_callbacks.models.awd_lstm as awd
+    from ulmfit_callbacks.losses import FusedLinear
+    from ulmfit_callbacks.models import AWDLSTMLanguageModel
+    assert "import" not in "".join(l for l in open(awd.__file__) if "losses" in l)  # no import of the loss
+    torch.manual_seed(0)
+    model = AWDLSTMLanguageModel(30, tiny_config)
+    keys, weight = list(model.state_dict()), model.decoder.decoder.weight
+    x, y = torch.randint(0, 30, (2, 6)), torch.randint(0, 30, (2, 6))
+    torch.manual_seed(1)  # same dropout masks, same (reset) carried state
+    plain = LMLoss()(model(x)[0], y)
+    loss = LMLoss()
+    assert loss.attach(model) is model and type(model.decoder.decoder) is FusedLinear
+    assert list(model.state_dict()) == keys and model.decoder.decoder.weight is weight is model.encoder.embedding.weight
+    torch.manual_seed(1)
+    model.reset()
+    out = model(x)[0]
+    assert isinstance(out, DecoderInput)
+    assert torch.allclose(loss(out, y), plain, atol=1e-5)
+    assert isinstance(model.eval()(x)[0], torch.Tensor)  # evaluation: logits
+    LMLoss.detach(model.train())
+    assert type(model.decoder.decoder) is torch.nn.Linear and isinstance(model(x)[0], torch.Tensor)
+    with pytest.raises(TypeError, match="linear decoder"):
+        LMLoss().attach(torch.nn.Linear(3, 3))
+
+
+def test_own_loss_gets_logits(lm_dls, tiny_config):
+    from fastai.losses import CrossEntropyLossFlat
+    learn = ulmfit_lm_learner(lm_dls, config=tiny_config, loss_func=CrossEntropyLossFlat())
+    assert type(learn.model.decoder.decoder) is torch.nn.Linear
+    assert type(ulmfit_lm_learner(lm_dls, config=tiny_config).model.decoder.decoder).__name__ == "FusedLinear"

@@ -96,8 +96,9 @@ def ulmfit_lm_learner(dls: ULMFiTDataLoaders, config: AWDLSTMConfig | dict | Non
 
     ``fused_loss``: in training, decoder and cross-entropy are computed together in chunks
     (:func:`~ulmfit_callbacks.losses.linear_cross_entropy`), never storing the logits; the loss
-    and gradients are the same. Validation and prediction return logits as usual. Turn it off
-    for callbacks that read the training logits (e.g. training metrics).
+    and gradients are the same: the loss owns this (:meth:`~ulmfit_callbacks.losses.LMLoss.attach`).
+    Validation and prediction return logits as usual. Turn it off for callbacks that read the
+    training logits (e.g. training metrics); a ``loss_func`` of your own always gets logits.
     ``loss_func``, ``metrics`` and ``cbs`` are passed on to fastai's ``Learner`` (``metrics``
     defaults to accuracy and perplexity).
     """
@@ -116,8 +117,10 @@ def ulmfit_lm_learner(dls: ULMFiTDataLoaders, config: AWDLSTMConfig | dict | Non
         print(report)
     own = [ModelResetter(), ActivationRegularizer(alpha, beta), DataCheck("lm", dls.backwards, len(dls.vocab)),
            ReleaseMemory()]
-    model.decoder.fused = fused_loss
-    learn = Learner(dls, model, loss_func=loss_func or LMLoss(), opt_func=opt_func or partial(Adam, mom=0.8, sqr_mom=0.99),
+    loss_func = loss_func or LMLoss()
+    if fused_loss and isinstance(loss_func, LMLoss):
+        loss_func.attach(model)
+    learn = Learner(dls, model, loss_func=loss_func, opt_func=opt_func or partial(Adam, mom=0.8, sqr_mom=0.99),
                     splitter=lm_splitter, metrics=[accuracy, Perplexity()] if metrics is None else metrics, wd=wd,
                     cbs=own + list(cbs or []), **kwargs)
     learn.pretrained_report = report

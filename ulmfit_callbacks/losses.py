@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["linear_cross_entropy", "DecoderInput", "LMLoss"]
+__all__ = ["linear_cross_entropy", "DecoderInput", "FusedLinear", "LMLoss"]
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -100,8 +100,8 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor | None, target:
 
 
 class DecoderInput:
-    """What a fused :class:`~ulmfit_callbacks.models.awd_lstm.LinearDecoder` returns in training
-    instead of logits: the decoder's input and parameters, for :class:`LMLoss`.
+    """What a :class:`FusedLinear` decoder returns in training instead of logits: the decoder's
+    input and parameters, for :class:`LMLoss`.
 
     fastai's ``MixedPrecision`` passes predictions through ``to_float`` (``x.float() if
     torch.is_floating_point(x)``) so the loss is computed in fp32: this object answers both, and
@@ -131,13 +131,51 @@ class DecoderInput:
         return F.linear(self.hidden.float(), self.weight, self.bias)
 
 
+class FusedLinear(nn.Linear):
+    """An LM's decoder ``nn.Linear`` fused with :class:`LMLoss` (by :meth:`LMLoss.attach`).
+
+    In training it returns a :class:`DecoderInput` (its input and parameters, no logits) for the
+    loss to finish; in evaluation, logits as an ``nn.Linear``. Same parameters, same state dict.
+    """
+
+    def forward(self, x: Tensor):
+        return DecoderInput(x, self.weight, self.bias) if self.training else super().forward(x)
+
+
 class LMLoss:
     """Flat cross-entropy of an LM: fused (:func:`linear_cross_entropy`) when the model gives a
-    :class:`DecoderInput`, fastai's ``CrossEntropyLossFlat`` when it gives logits."""
+    :class:`DecoderInput`, fastai's ``CrossEntropyLossFlat`` when it gives logits.
+
+    The loss owns the fusion: ``LMLoss().attach(model)`` turns the LM's decoder layer into a
+    :class:`FusedLinear` (in place: the parameters, weight tying and optimiser state stay), so
+    that in training the model hands the loss the decoder's input instead of the logits;
+    :meth:`detach` turns it back. Without ``attach`` the loss takes logits, as any LM loss.
+    ``ulmfit_lm_learner(fused_loss=True)`` (the default) attaches it.
+    """
 
     def __init__(self, chunk: int = 128):
         from fastai.losses import CrossEntropyLossFlat
         self.chunk, self.flat = chunk, CrossEntropyLossFlat()
+
+    @staticmethod
+    def _decoder(model: nn.Module) -> nn.Linear:
+        layer = getattr(getattr(model, "decoder", None), "decoder", None)
+        if not isinstance(layer, nn.Linear):
+            raise TypeError(f"expected an LM with a linear decoder at .decoder.decoder, got {type(model).__name__}")
+        return layer
+
+    def attach(self, model: nn.Module) -> nn.Module:
+        """Fuse ``model``'s decoder layer with this loss (training only); returns ``model``."""
+        self._decoder(model).__class__ = FusedLinear
+        return model
+
+    @staticmethod
+    def detach(model: nn.Module) -> nn.Module:
+        """Undo :meth:`attach`: the decoder returns logits again in training."""
+        layer = LMLoss._decoder(model)
+        if type(layer) is FusedLinear:
+            layer.__class__ = nn.Linear
+        return model
 
     def __call__(self, pred, target: Tensor) -> Tensor:
         if isinstance(pred, DecoderInput):

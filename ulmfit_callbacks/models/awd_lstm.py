@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..losses import DecoderInput
 from .qrnn import QRNNLayer
 
 __all__ = ["AWDLSTMConfig", "CLASSIFIER_DROPOUTS", "LockedDropout", "WeightDropLSTM", "cudnn_flat_weights", "AWDLSTM",
@@ -215,15 +214,13 @@ class AWDLSTM(nn.Module):
 class LinearDecoder(nn.Module):
     """Output layer of the LM; returns ``(logits, raw_output, dropped_output)`` as fastai's does.
 
-    With ``fused = True`` (set by ``ulmfit_lm_learner``) it returns, in training mode only, a
-    :class:`~ulmfit_callbacks.losses.DecoderInput` instead of the logits, and
-    :class:`~ulmfit_callbacks.losses.LMLoss` computes decoder and cross-entropy together
-    without storing the logits (same loss and gradients, less time and memory).
+    The logits come from ``self.decoder`` (an ``nn.Linear``, tied to the embedding);
+    :meth:`~ulmfit_callbacks.losses.LMLoss.attach` fuses that layer with the loss, which then
+    computes decoder and cross-entropy together in training (the model code does not change).
     """
 
     def __init__(self, vocab_sz: int, emb_sz: int, output_p: float, bias: bool = True):
         super().__init__()
-        self.fused = False
         self.output_dp = LockedDropout(output_p)
         self.decoder = nn.Linear(emb_sz, vocab_sz, bias=bias)
         nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
@@ -232,8 +229,6 @@ class LinearDecoder(nn.Module):
 
     def forward(self, raw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         dropped = self.output_dp(raw)
-        if self.fused and self.training:
-            return DecoderInput(dropped, self.decoder.weight, self.decoder.bias), raw, dropped
         return self.decoder(dropped), raw, dropped
 
 
