@@ -7,9 +7,13 @@ training texts without labels (the user-path run's ``lm_fwd``), beside TF-IDF + 
 ``--split heldout`` samples from 90% of the training file and scores the other 10% (choosing a
 recipe); ``--split test`` samples from the whole training file and scores the test split. The
 fine-tuned LM comes from ``benchmarks/user_path.py run --task T --split S`` (run it first).
-``--set`` overrides fields of ``pipeline.DEFAULT_CLASSIFIER`` (and ``bs``); ``--scratch`` also
-trains the same classifier from a random encoder with ``SCRATCH_CLASSIFIER`` and the same overrides.
-Results: ``benchmarks/results/few_labels_<task>_<split>_<name>.json``.
+Without ``--set`` each size gets the recipe ``train-classifier`` picks for it
+(``pipeline.classifier_recipe(n)``: the few-label recipe up to 300 texts, the default above);
+``--set`` overrides fields of ``pipeline.DEFAULT_CLASSIFIER`` (and ``bs``) instead. ``--scratch``
+also trains the same classifier from a random encoder with ``SCRATCH_CLASSIFIER``, the same
+epochs, batch size and overrides. Results: ``benchmarks/results/few_labels_<task>_<split>_<name>.json``.
+
+    python benchmarks/few_labels.py plot --task trec6 --split test --names few auto   # the sample-efficiency plot
 """
 from __future__ import annotations
 
@@ -22,12 +26,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE, record  # noqa: E402
+from common import CACHE, REPO, record  # noqa: E402
 
 from ulmfit_callbacks.baseline import TfidfBaseline  # noqa: E402
 from ulmfit_callbacks.corpus import Corpus  # noqa: E402
 from ulmfit_callbacks.ensemble import predict_proba  # noqa: E402
-from ulmfit_callbacks.pipeline import DEFAULT_CLASSIFIER, SCRATCH_CLASSIFIER, load_artifact, train_classifier  # noqa: E402
+from ulmfit_callbacks.pipeline import DEFAULT_CLASSIFIER, SCRATCH_CLASSIFIER, classifier_recipe, load_artifact, train_classifier  # noqa: E402
 
 MONITOR = 100  # evaluation rows shown during training (nothing is selected on them)
 
@@ -45,7 +49,45 @@ def _parse(kvs):
     return out, bs
 
 
+def plot(a):
+    """Accuracy against labelled examples (log scale), mean ± std over seeds, from the named runs."""
+    import json
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    res = REPO / "benchmarks" / "results"
+    summary, recipes = {}, []
+    for name in a.names:
+        r = json.loads((res / f"few_labels_{a.task}_{a.split}_{name}.json").read_text())["result"]
+        summary.update(r["summary"])
+        recipes.append(" ".join(r["overrides"]) or "classifier_recipe(n)")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, style in (("ours fwd", "o-"), ("from scratch", "s--"), ("TF-IDF + LR", "^:")):
+        pts = sorted((int(key.split()[0][2:]), v["mean"], v["std"]) for key, v in summary.items() if key.endswith(k))
+        if pts:
+            n, m, sd = map(np.array, zip(*pts))
+            ax.errorbar(n, 100 * (1 - m), yerr=100 * sd, fmt=style, capsize=3, label=k)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training examples")
+    ax.set_ylabel(f"{a.split} error (%)")
+    ax.set_title(f"{a.task}: ours = shipped LM, LM fine-tuned on all training texts;\nrecipes: {'; '.join(sorted(set(recipes)))}",
+                 fontsize=8)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    out = res / f"few_labels_{a.task}_{a.split}.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+
+
 def main():
+    if sys.argv[1:2] == ["plot"]:
+        ap = argparse.ArgumentParser(description="the sample-efficiency plot of earlier runs")
+        ap.add_argument("--task", choices=["trec6", "mr", "bbc"], required=True)
+        ap.add_argument("--split", choices=["heldout", "test"], required=True)
+        ap.add_argument("--names", nargs="+", required=True)
+        return plot(ap.parse_args(sys.argv[2:]))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", choices=["trec6", "mr", "bbc"], required=True)
     ap.add_argument("--split", choices=["heldout", "test"], required=True)
@@ -60,7 +102,7 @@ def main():
     lm = CACHE / "runs" / f"user_path_{a.task}_{a.split}" / "lm_fwd"
     if not (lm / "config.json").exists():
         raise SystemExit(f"no fine-tuned LM at {lm}: run benchmarks/user_path.py run --task {a.task} --split {a.split} first")
-    over, bs = _parse(a.set)
+    over, set_bs = _parse(a.set)
     train, ev = Corpus.read(train_f, "text", "label"), Corpus.read(eval_f, "text", "label", training=False)
     classes = sorted(set(train.labels))
     rows = {}
@@ -71,11 +113,12 @@ def main():
             res = {}
             base = TfidfBaseline().fit(sub.texts, sub.labels)
             res["TF-IDF + LR"] = float(np.mean([p == y for p, y in zip(base.predict(ev.texts), ev.labels)]))
-            runs = [("ours fwd", dataclasses.replace(DEFAULT_CLASSIFIER, **over), dict(lm=lm))]
+            ours, bs = (dataclasses.replace(DEFAULT_CLASSIFIER, **over), set_bs) if a.set else classifier_recipe(n)[:2]
+            runs = [("ours fwd", ours, dict(lm=lm))]
             if a.scratch:
                 meta, vocab, _ = load_artifact(lm)
                 from ulmfit_callbacks.models.awd_lstm import AWDLSTMConfig
-                runs.append(("from scratch", dataclasses.replace(SCRATCH_CLASSIFIER, **over),
+                runs.append(("from scratch", dataclasses.replace(SCRATCH_CLASSIFIER, epochs=ours.epochs, **over),
                              dict(vocab=vocab, config=AWDLSTMConfig.from_dict(meta["config"]))))
             for name, recipe, kw in runs:
                 t = time.time()
