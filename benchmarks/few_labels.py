@@ -13,6 +13,12 @@ Without ``--set`` each size gets the recipe ``train-classifier`` picks for it
 also trains the same classifier from a random encoder with ``SCRATCH_CLASSIFIER``, the same
 epochs, batch size and overrides. Results: ``benchmarks/results/few_labels_<task>_<split>_<name>.json``.
 
+    python benchmarks/few_labels.py --task trec6 --split heldout --sizes 100 200 --seeds 0 1 --name st2 --self-train 2
+
+``--self-train R`` adds a self-training row: the forward classifier labels the training texts it was
+not given, the ``R * n`` most confident of them (an equal share per predicted class) join the n
+labelled ones, and a new classifier is trained from the fine-tuned LM on both.
+
     python benchmarks/few_labels.py plot --task trec6 --split test --names few auto   # the sample-efficiency plot
 """
 from __future__ import annotations
@@ -47,6 +53,21 @@ def _parse(kvs):
         out[k] = (v in ("1", "true", "True")) if isinstance(cur, bool) else \
             tuple(int(x) for x in v.split(",")) if k == "unfreeze_schedule" else type(cur)(v) if cur is not None else int(v)
     return out, bs
+
+
+def pseudo_labels(learn, pool: Corpus, k: int) -> Corpus:
+    """The ``k`` texts of ``pool`` the classifier is surest of, an equal share per predicted class,
+    labelled with its predictions (``.gold`` keeps the true labels, to report their accuracy)."""
+    probs = predict_proba(learn, pool)
+    conf, pred = probs.max(1)
+    conf, pred = conf.numpy(), pred.numpy()
+    per_class = max(1, k // len(learn.dls.classes))
+    pick = np.concatenate([np.flatnonzero(pred == c)[np.argsort(-conf[pred == c])[:per_class]]
+                           for c in range(len(learn.dls.classes))])
+    out = pool.subset(pick)
+    out.gold = out.labels
+    out.labels = [learn.dls.classes[i] for i in pred[pick]]
+    return out
 
 
 def plot(a):
@@ -96,6 +117,7 @@ def main():
     ap.add_argument("--set", nargs="*", default=[])
     ap.add_argument("--scratch", action="store_true")
     ap.add_argument("--name", required=True)
+    ap.add_argument("--self-train", type=float, default=0, metavar="R", help="pseudo-labelled texts per labelled one")
     a = ap.parse_args()
     d = CACHE / "user_path" / a.task
     train_f, eval_f = (d / "train_inner.csv", d / "heldout.csv") if a.split == "heldout" else (d / "train.csv", d / "test.csv")
@@ -115,6 +137,7 @@ def main():
             res["TF-IDF + LR"] = float(np.mean([p == y for p, y in zip(base.predict(ev.texts), ev.labels)]))
             ours, bs = (dataclasses.replace(DEFAULT_CLASSIFIER, **over), set_bs) if a.set else classifier_recipe(n)[:2]
             runs = [("ours fwd", ours, dict(lm=lm))]
+            recipe = ours
             if a.scratch:
                 meta, vocab, _ = load_artifact(lm)
                 from ulmfit_callbacks.models.awd_lstm import AWDLSTMConfig
@@ -127,12 +150,23 @@ def main():
                 p = predict_proba(learn, ev).argmax(1).numpy()
                 res[name] = float(np.mean([learn.dls.classes[i] == y for i, y in zip(p, ev.labels)]))
                 res[f"{name} seconds"] = round(time.time() - t, 1)
+                if name == "ours fwd" and a.self_train:
+                    t = time.time()
+                    pseudo = pseudo_labels(learn, train.subset(np.setdiff1d(np.arange(len(train)), idx)), int(a.self_train * n))
+                    st = sub + pseudo
+                    st_recipe, st_bs = (recipe, bs) if a.set else classifier_recipe(len(st))[:2]
+                    learn2, _ = train_classifier(st, ev[:MONITOR], CACHE / f"few_{a.task}_{a.split}_{a.name}", st_recipe, bs=st_bs,
+                                                 seed=seed, classes=classes, lm=lm)
+                    p = predict_proba(learn2, ev).argmax(1).numpy()
+                    res["ours fwd + self-training"] = float(np.mean([learn2.dls.classes[i] == y for i, y in zip(p, ev.labels)]))
+                    res["pseudo-label accuracy"] = float(np.mean([a_ == b_ for a_, b_ in zip(pseudo.labels, pseudo.gold)]))
+                    res["ours fwd + self-training seconds"] = round(time.time() - t, 1)
             print(f"{a.task} {a.split} n={n} seed={seed} {a.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items()
                                                                               if "seconds" not in k), flush=True)
             rows[f"n={n} seed={seed}"] = res
     summary = {}
     for n in a.sizes:
-        for k in ("ours fwd", "from scratch", "TF-IDF + LR"):
+        for k in ("ours fwd", "ours fwd + self-training", "pseudo-label accuracy", "from scratch", "TF-IDF + LR"):
             vals = [r[k] for key, r in rows.items() if key.startswith(f"n={n} ") and k in r]
             if vals:
                 summary[f"n={n} {k}"] = dict(mean=float(np.mean(vals)), std=float(np.std(vals)), n=len(vals))
