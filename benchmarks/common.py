@@ -26,8 +26,9 @@ def machine() -> str:
 
 
 def record(name: str, result: dict):
-    """Write ``benchmarks/results/<name>.json`` with the command, date and machine."""
-    out = REPO / "benchmarks" / "results"
+    """Write ``benchmarks/results/<name>.json`` (``$ULMFIT_BENCH_RESULTS/<name>.json`` if set) with the
+    command, date and machine."""
+    out = Path(os.environ.get("ULMFIT_BENCH_RESULTS", REPO / "benchmarks" / "results"))
     out.mkdir(parents=True, exist_ok=True)
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()

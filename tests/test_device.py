@@ -47,3 +47,21 @@ def test_cli_device_flag(sentinel_default, capsys):
     assert "device cpu" in capsys.readouterr().out
     a = build_parser().parse_args(["evaluate", "x.csv", "--model", "m"])  # auto: fastai's default
     assert _setup(a)[0] == SENTINEL
+
+
+def test_gpu_check_script_runs_on_cpu(tmp_path):
+    """The one script a GPU session runs (benchmarks/gpu_check.py) works, in its CPU smoke mode."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, ULMFIT_BENCH_RESULTS=str(tmp_path))
+    r = subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_check.py"), "--device", "cpu"], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = json.loads((tmp_path / "gpu_check_cpu.json").read_text())["result"]
+    assert {c["status"] for c in res["checks"].values()} <= {"PASS", "SKIP"}
+    assert res["checks"]["prediction pass"]["status"] == "PASS"
+    assert set(res["throughput"]) == {"fp32", "bf16"} and all(v["tok_s"]["ours"]["train"] > 0 for v in res["throughput"].values())
