@@ -240,7 +240,7 @@ def test_loaders_under_fastai_distributed_dl(monkeypatch):
 
 @pytest.mark.slow
 def test_distrib_ctx_trains_on_two_processes(tmp_path, task_corpus):
-    """``with learn.distrib_ctx(): learn.fit(...)`` on 2 CPU processes (gloo) for the LM and the
+    """``with learn.distrib_ctx(): learn.fit(...)`` on 2 CPU processes started by ``torchrun`` (gloo) for the LM and the
     classifier: each rank reads its own part of every epoch, the parts make up the epoch, the
     ranks' weights stay identical, the loss falls, and one process replaying both ranks' batches
     (their losses averaged, as DDP averages gradients) ends at the same weights."""
@@ -260,8 +260,12 @@ def test_distrib_ctx_trains_on_two_processes(tmp_path, task_corpus):
     clf_dls = classifier_dataloaders(train[:80], valid[:16], vocab=lm_dls.vocab, bs=8, seed=0)
     with open(tmp_path / "data.pkl", "wb") as f:
         pickle.dump((lm_dls, clf_dls), f)
-    mp.start_processes(_ctx_worker, args=(2, _free_port(), str(tmp_path / "data.pkl"), str(tmp_path)), nprocs=2,
-                       join=True, start_method="spawn")
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+                        f"--master-port={_free_port()}", __file__, str(tmp_path / "data.pkl"), str(tmp_path)],  # torchrun
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for name in ("lm", "clf"):
         a, b = r0[name], r1[name]
@@ -304,3 +308,8 @@ def test_distrib_ctx_trains_on_two_processes(tmp_path, task_corpus):
             assert (v.detach() - ddp).norm() <= tol * (ddp - init[name][k].detach()).norm(), (name, k)
     # the classifier's tolerance: its first step agrees to 1e-8, but BatchNorm over 8 rows then amplifies rounding
     # (0.4% after 10 steps); replaying rank 0's batches alone lands 113% away
+
+
+if __name__ == "__main__":  # one rank, as started by torchrun in test_distrib_ctx_trains_on_two_processes
+    import sys
+    _ctx_worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["MASTER_PORT"]), *sys.argv[1:3])
