@@ -11,7 +11,8 @@ Without ``--set`` each size gets the recipe ``train-classifier`` picks for it
 (``pipeline.classifier_recipe(n)``: the few-label recipe up to 300 texts, the default above);
 ``--set`` overrides fields of ``pipeline.DEFAULT_CLASSIFIER`` (and ``bs``) instead. ``--scratch``
 also trains the same classifier from a random encoder with ``SCRATCH_CLASSIFIER``, the same
-epochs, batch size and overrides. Results: ``benchmarks/results/few_labels_<task>_<split>_<name>.json``.
+epochs, batch size and overrides (``--scratch-set`` adds its own; ``--scratch-only`` skips ours: tuning
+the from-scratch baseline). Results: ``benchmarks/results/few_labels_<task>_<split>_<name>.json``.
 
     python benchmarks/few_labels.py --task trec6 --split heldout --sizes 100 200 --seeds 0 1 --name st2 --self-train 2
 
@@ -116,6 +117,8 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--set", nargs="*", default=[])
     ap.add_argument("--scratch", action="store_true")
+    ap.add_argument("--scratch-only", action="store_true", help="only the from-scratch classifier (and TF-IDF)")
+    ap.add_argument("--scratch-set", nargs="*", default=[], help="overrides for the from-scratch classifier only")
     ap.add_argument("--name", required=True)
     ap.add_argument("--self-train", type=float, default=0, metavar="R", help="pseudo-labelled texts per labelled one")
     a = ap.parse_args()
@@ -136,16 +139,16 @@ def main():
             base = TfidfBaseline().fit(sub.texts, sub.labels)
             res["TF-IDF + LR"] = float(np.mean([p == y for p, y in zip(base.predict(ev.texts), ev.labels)]))
             ours, bs = (dataclasses.replace(DEFAULT_CLASSIFIER, **over), set_bs) if a.set else classifier_recipe(n)[:2]
-            runs = [("ours fwd", ours, dict(lm=lm))]
-            recipe = ours
-            if a.scratch:
+            runs = [] if a.scratch_only else [("ours fwd", ours, bs, dict(lm=lm))]
+            if a.scratch or a.scratch_only:
                 meta, vocab, _ = load_artifact(lm)
                 from ulmfit_callbacks.models.awd_lstm import AWDLSTMConfig
-                runs.append(("from scratch", dataclasses.replace(SCRATCH_CLASSIFIER, epochs=ours.epochs, **over),
-                             dict(vocab=vocab, config=AWDLSTMConfig.from_dict(meta["config"]))))
-            for name, recipe, kw in runs:
+                s_over, s_bs = _parse(a.scratch_set) if a.scratch_set else ({}, bs)
+                runs.append(("from scratch", dataclasses.replace(SCRATCH_CLASSIFIER, **dict(dict(epochs=ours.epochs, **over), **s_over)),
+                             s_bs, dict(vocab=vocab, config=AWDLSTMConfig.from_dict(meta["config"]))))
+            for name, recipe, run_bs, kw in runs:
                 t = time.time()
-                learn, _ = train_classifier(sub, ev[:MONITOR], CACHE / f"few_{a.task}_{a.split}_{a.name}", recipe, bs=bs,
+                learn, _ = train_classifier(sub, ev[:MONITOR], CACHE / f"few_{a.task}_{a.split}_{a.name}", recipe, bs=run_bs,
                                             seed=seed, classes=classes, **kw)
                 p = predict_proba(learn, ev).argmax(1).numpy()
                 res[name] = float(np.mean([learn.dls.classes[i] == y for i, y in zip(p, ev.labels)]))
