@@ -43,8 +43,9 @@ from ulmfit_callbacks.pipeline import DEFAULT_CLASSIFIER, SCRATCH_CLASSIFIER, cl
 MONITOR = 100  # evaluation rows shown during training (nothing is selected on them)
 
 
-def _parse(kvs):
-    out, bs = {}, 32
+def _parse(kvs, bs=32):
+    """``--set`` items as Recipe overrides, and the batch size (``bs`` unless given)."""
+    out = {}
     for kv in kvs:
         k, v = kv.split("=")
         if k == "bs":
@@ -143,7 +144,7 @@ def main():
             if a.scratch or a.scratch_only:
                 meta, vocab, _ = load_artifact(lm)
                 from ulmfit_callbacks.models.awd_lstm import AWDLSTMConfig
-                s_over, s_bs = _parse(a.scratch_set) if a.scratch_set else ({}, bs)
+                s_over, s_bs = _parse(a.scratch_set, bs)
                 runs.append(("from scratch", dataclasses.replace(SCRATCH_CLASSIFIER, **dict(dict(epochs=ours.epochs, **over), **s_over)),
                              s_bs, dict(vocab=vocab, config=AWDLSTMConfig.from_dict(meta["config"]))))
             for name, recipe, run_bs, kw in runs:
