@@ -5,7 +5,8 @@
 
 Synthetic data (Zipf-distributed tokens; for the classifier, a class-marker token planted a few
 times per document), so it needs no data set and no tokeniser. Every check prints PASS, FAIL or
-SKIP; results and timings go to ``benchmarks/results/gpu_check_<device>.json`` (``common.record``);
+SKIP; results and timings go to ``benchmarks/results/gpu_check.json`` (``gpu_check_cpu.json`` for the
+smoke test; ``common.record``);
 the exit status is the number of failures.
 
 1. placement: batches, model, hidden state on the device; predictions back on the host;
@@ -364,8 +365,9 @@ def main():
         check_checkpoint_rng(s, dev, vocab, f"{tmp}/ck.pt")
     check_throughput(s, dev)
     results["seconds"] = time.perf_counter() - t0
-    record(f"gpu_check_{dev.type}", results)
-    print(f"{failures} failure(s) in {results['seconds']:.0f} s; results in benchmarks/results/gpu_check_{dev.type}.json")
+    name = "gpu_check" if dev.type == "cuda" else "gpu_check_cpu"
+    record(name, results)
+    print(f"{failures} failure(s) in {results['seconds']:.0f} s; results in benchmarks/results/{name}.json")
     raise SystemExit(failures)
 
 
