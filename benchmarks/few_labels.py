@@ -20,6 +20,9 @@ the from-scratch baseline). Results: ``benchmarks/results/few_labels_<task>_<spl
 not given, the ``R * n`` most confident of them (an equal share per predicted class) join the n
 labelled ones, and a new classifier is trained from the fine-tuned LM on both.
 
+``--ensemble`` also trains the backward classifier (from the user-path run's ``lm_bwd``) and
+scores the forward + backward ensemble (``ForwardBackwardEnsemble``).
+
     python benchmarks/few_labels.py plot --task trec6 --split test --names few auto   # the sample-efficiency plot
 """
 from __future__ import annotations
@@ -37,7 +40,7 @@ from common import CACHE, REPO, record  # noqa: E402
 
 from ulmfit_callbacks.baseline import TfidfBaseline  # noqa: E402
 from ulmfit_callbacks.corpus import Corpus  # noqa: E402
-from ulmfit_callbacks.ensemble import predict_proba  # noqa: E402
+from ulmfit_callbacks.ensemble import ForwardBackwardEnsemble, predict_proba  # noqa: E402
 from ulmfit_callbacks.pipeline import DEFAULT_CLASSIFIER, SCRATCH_CLASSIFIER, classifier_recipe, load_artifact, train_classifier  # noqa: E402
 
 MONITOR = 100  # evaluation rows shown during training (nothing is selected on them)
@@ -121,12 +124,13 @@ def main():
     ap.add_argument("--scratch-only", action="store_true", help="only the from-scratch classifier (and TF-IDF)")
     ap.add_argument("--scratch-set", nargs="*", default=[], help="overrides for the from-scratch classifier only")
     ap.add_argument("--name", required=True)
+    ap.add_argument("--ensemble", action="store_true", help="also the backward classifier and the fwd+bwd ensemble")
     ap.add_argument("--self-train", type=float, default=0, metavar="R", help="pseudo-labelled texts per labelled one")
     a = ap.parse_args()
     d = CACHE / "user_path" / a.task
     train_f, eval_f = (d / "train_inner.csv", d / "heldout.csv") if a.split == "heldout" else (d / "train.csv", d / "test.csv")
     lm = CACHE / "runs" / f"user_path_{a.task}_{a.split}" / "lm_fwd"
-    if not (lm / "config.json").exists():
+    if not (lm / "config.json").exists() or (a.ensemble and not (lm.with_name("lm_bwd") / "config.json").exists()):
         raise SystemExit(f"no fine-tuned LM at {lm}: run benchmarks/user_path.py run --task {a.task} --split {a.split} first")
     over, set_bs = _parse(a.set)
     train, ev = Corpus.read(train_f, "text", "label"), Corpus.read(eval_f, "text", "label", training=False)
@@ -154,6 +158,16 @@ def main():
                 p = predict_proba(learn, ev).argmax(1).numpy()
                 res[name] = float(np.mean([learn.dls.classes[i] == y for i, y in zip(p, ev.labels)]))
                 res[f"{name} seconds"] = round(time.time() - t, 1)
+                if name == "ours fwd" and a.ensemble:
+                    t = time.time()
+                    learn_b, _ = train_classifier(sub, ev[:MONITOR], CACHE / f"few_{a.task}_{a.split}_{a.name}_bwd", recipe,
+                                                  bs=run_bs, seed=seed, classes=classes, lm=lm.with_name("lm_bwd"),
+                                                  backwards=True)
+                    probs = ForwardBackwardEnsemble(learn, learn_b).predict_proba(ev)
+                    for k, col in (("backward", "ours bwd"), ("ensemble", "ours fwd+bwd ensemble")):
+                        p = probs[k].argmax(1).numpy()
+                        res[col] = float(np.mean([learn.dls.classes[i] == y for i, y in zip(p, ev.labels)]))
+                    res["ours bwd seconds"] = round(time.time() - t, 1)
                 if name == "ours fwd" and a.self_train:
                     t = time.time()
                     pseudo = pseudo_labels(learn, train.subset(np.setdiff1d(np.arange(len(train)), idx)), int(a.self_train * n))
@@ -170,7 +184,8 @@ def main():
             rows[f"n={n} seed={seed}"] = res
     summary = {}
     for n in a.sizes:
-        for k in ("ours fwd", "ours fwd + self-training", "pseudo-label accuracy", "from scratch", "TF-IDF + LR"):
+        for k in ("ours fwd", "ours bwd", "ours fwd+bwd ensemble", "ours fwd + self-training", "pseudo-label accuracy",
+                  "from scratch", "TF-IDF + LR"):
             vals = [r[k] for key, r in rows.items() if key.startswith(f"n={n} ") and k in r]
             if vals:
                 summary[f"n={n} {k}"] = dict(mean=float(np.mean(vals)), std=float(np.std(vals)), n=len(vals))
