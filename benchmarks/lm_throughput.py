@@ -39,19 +39,26 @@ def build(which: str, vocab: int, emb: int, hid: int, layers: int):
     return AWDLSTMLanguageModel(vocab, AWDLSTMConfig(emb_sz=emb, n_hid=hid, n_layers=layers, arch=arch))
 
 
-def train_step(model, opt, x, y, bf16: bool):
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+def train_step(model, opt, x, y, dtype: torch.dtype | None = None, scaler=None):
+    """One optimizer step on ``x``'s device; ``dtype``: autocast to it (``None``: fp32); ``scaler``:
+    a ``torch.amp.GradScaler`` (fp16)."""
+    with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         out = model(x)[0]
     loss = LMLoss()(out, y) if isinstance(out, DecoderInput) else \
         F.cross_entropy(out.float().reshape(-1, out.size(-1)), y.reshape(-1))
-    loss.backward()
-    opt.step()
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
     opt.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()
-def infer_step(model, x, bf16: bool):
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+def infer_step(model, x, dtype: torch.dtype | None = None):
+    with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         model(x)
 
 
@@ -75,14 +82,14 @@ def timing(cfg, args):
         for v in variants:
             m = models[v[0]].train()
             t = time.perf_counter()
-            train_step(m, opts[v[0]], x, y, v[1])
+            train_step(m, opts[v[0]], x, y, torch.bfloat16 if v[1] else None)
             if i >= args.warmup:
                 train_t[v].append(time.perf_counter() - t)
     for i, b in enumerate(batches[: max(args.warmup + 10, args.steps // 2)]):
         for v in variants:
             m = models[v[0]].eval()
             t = time.perf_counter()
-            infer_step(m, b[:, :-1], v[1])
+            infer_step(m, b[:, :-1], torch.bfloat16 if v[1] else None)
             if i >= args.warmup:
                 infer_t[v].append(time.perf_counter() - t)
     ntok = args.bs * args.bptt
@@ -108,7 +115,7 @@ def child(args):
     g = torch.Generator().manual_seed(0)
     for _ in range(args.steps):
         b = torch.randint(0, args.vocab, (args.bs, args.bptt + 1), generator=g)
-        train_step(model, opt, b[:, :-1], b[:, 1:], args.bf16)
+        train_step(model, opt, b[:, :-1], b[:, 1:], torch.bfloat16 if args.bf16 else None)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from common import peak_rss_mib
     print(peak_rss_mib())
