@@ -60,9 +60,9 @@ def _parse(kvs, bs=32):
     return out, bs
 
 
-def pseudo_labels(learn, pool: Corpus, k: int) -> Corpus:
+def pseudo_labels(learn, pool: Corpus, k: int) -> tuple[Corpus, list]:
     """The ``k`` texts of ``pool`` the classifier is surest of, an equal share per predicted class,
-    labelled with its predictions (``.gold`` keeps the true labels, to report their accuracy)."""
+    labelled with its predictions; and their true labels (to report the pseudo-labels' accuracy)."""
     probs = predict_proba(learn, pool)
     conf, pred = probs.max(1)
     conf, pred = conf.numpy(), pred.numpy()
@@ -70,9 +70,8 @@ def pseudo_labels(learn, pool: Corpus, k: int) -> Corpus:
     pick = np.concatenate([np.flatnonzero(pred == c)[np.argsort(-conf[pred == c])[:per_class]]
                            for c in range(len(learn.dls.classes))])
     out = pool.subset(pick)
-    out.gold = out.labels
-    out.labels = [learn.dls.classes[i] for i in pred[pick]]
-    return out
+    gold, out.labels = out.labels, [learn.dls.classes[i] for i in pred[pick]]
+    return out, gold
 
 
 def plot(a):
@@ -170,14 +169,14 @@ def main():
                     res["ours bwd seconds"] = round(time.time() - t, 1)
                 if name == "ours fwd" and a.self_train:
                     t = time.time()
-                    pseudo = pseudo_labels(learn, train.subset(np.setdiff1d(np.arange(len(train)), idx)), int(a.self_train * n))
+                    pseudo, gold = pseudo_labels(learn, train.subset(np.setdiff1d(np.arange(len(train)), idx)), int(a.self_train * n))
                     st = sub + pseudo
                     st_recipe, st_bs = (recipe, bs) if a.set else classifier_recipe(len(st))[:2]
                     learn2, _ = train_classifier(st, ev[:MONITOR], CACHE / f"few_{a.task}_{a.split}_{a.name}", st_recipe, bs=st_bs,
                                                  seed=seed, classes=classes, lm=lm)
                     p = predict_proba(learn2, ev).argmax(1).numpy()
                     res["ours fwd + self-training"] = float(np.mean([learn2.dls.classes[i] == y for i, y in zip(p, ev.labels)]))
-                    res["pseudo-label accuracy"] = float(np.mean([a_ == b_ for a_, b_ in zip(pseudo.labels, pseudo.gold)]))
+                    res["pseudo-label accuracy"] = float(np.mean([p_ == g_ for p_, g_ in zip(pseudo.labels, gold)]))
                     res["ours fwd + self-training seconds"] = round(time.time() - t, 1)
             print(f"{a.task} {a.split} n={n} seed={seed} {a.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items()
                                                                               if "seconds" not in k), flush=True)
