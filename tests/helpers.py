@@ -1,6 +1,7 @@
 """Small helpers shared by the callback tests."""
 import inspect
 
+import torch
 from fastai.callback.core import Callback
 
 
@@ -44,3 +45,19 @@ def event_methods(cb_cls):
 
 def params_of(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+class GroupProbe(Callback):
+    """Per epoch: which groups require grad, and which changed over the epoch."""
+    order = 100
+
+    def __init__(self):
+        self.trainable, self.changed, self.before = [], [], None
+
+    def before_train(self):
+        self.trainable.append([all(p.requires_grad for p in pg) for pg in self.opt.param_lists])
+        self.before = [[p.detach().clone() for p in pg] for pg in self.opt.param_lists]
+
+    def after_train(self):
+        self.changed.append([any(not torch.equal(a, p) for a, p in zip(b, pg))
+                             for b, pg in zip(self.before, self.opt.param_lists)])

@@ -73,9 +73,14 @@ def test_our_ar_tar_on_fastai_lm_and_one_token_batches(fastai_dls):
     learn.pred = learn.model(x)
     reg.learn = learn
     reg.after_pred()
-    learn.loss_grad = learn.loss_func(learn.pred, x)
+    assert isinstance(learn.pred, torch.Tensor)  # fastai's (decoded, raw, dropped) unpacked
+    base = learn.loss_func(learn.pred, x)
+    learn.loss_grad = base.clone()
     reg.after_loss()
     assert torch.isfinite(learn.loss_grad)
+    ar = 2.0 * reg.out.float().pow(2).mean()
+    assert ar > 0
+    torch.testing.assert_close(learn.loss_grad - base, ar)  # AR added, TAR skipped (one token)
 
 
 def test_all_callbacks_on_text_classifier_learner(fastai_dls):

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from ulmfit_callbacks import ASGDWeightAveraging, AWDLSTMConfig, Corpus
-from ulmfit_callbacks.pipeline import Recipe, finetune_lm, load_artifact, pretrain_lm, train_classifier
+from ulmfit_callbacks.ensemble import predict_proba
+from ulmfit_callbacks.pipeline import Recipe, finetune_lm, load_artifact, load_classifier, pretrain_lm, train_classifier
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +37,17 @@ def test_finetuning_keeps_the_stage1_vocabulary_and_uses_its_own_dropouts(stage1
     plain, _ = finetune_lm(*task, tmp_path / "lm2", Recipe(epochs=1), pretrained=stage1, bs=4, bptt=8, seed=0)
     assert "zyzzyva" not in plain.dls.vocab.stoi and len(plain.dls.vocab) < len(vocab)
     # the classifier reads the extended vocabulary; its own drop_mult scales the classifier dropouts
-    clf, m = train_classifier(task[0], task_corpus[0][300:400], tmp_path / "clf",
+    valid = task_corpus[0][300:400]
+    clf, m = train_classifier(task[0], valid, tmp_path / "clf",
                               Recipe(epochs=2, drop_mult=0.5, asgd=True, asgd_start_epoch=1, unfreeze_schedule=[1, 3]),
                               lm=tmp_path / "lm", seed=0)
     assert clf.dls.vocab == vocab
     assert clf.model.encoder.module.config.weight_p == pytest.approx(0.5 * 0.5)
     assert json.loads((tmp_path / "clf" / "config.json").read_text())["kind"] == "classifier"
-    assert 0 <= m["accuracy"] <= 1
+    # the reported accuracy is the saved model's on the validation texts, recomputed from its predictions
+    saved = load_classifier(tmp_path / "clf")
+    pred = predict_proba(saved, valid).argmax(1).tolist()
+    assert m["accuracy"] == pytest.approx(sum(saved.dls.classes[i] == y for i, y in zip(pred, valid.labels)) / len(valid))
 
 
 def test_recipe_builds_the_asked_callbacks():

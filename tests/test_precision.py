@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 from fastai.callback.core import Callback
+from helpers import GroupProbe
 
 from ulmfit_callbacks import (
     ActivationRegularizer,
@@ -42,11 +43,12 @@ def test_lm_under_bf16_with_every_callback(lm_dls, tiny_config):
         seen["out"] = reg.out.dtype if reg.out is not None else None
         orig()
     reg.after_loss = spy
+    before = learn.validate()[0]
     with learn.no_bar(), learn.no_logging():
         learn.fit(2, cbs=[BF16Autocast(), SlantedTriangularLR(1e-2), DiscriminativeLR(), asgd, probe])
     losses = [v[0] for v in learn.recorder.values]
     assert all(torch.isfinite(torch.tensor(losses)))
-    assert learn.recorder.values[-1][1] < learn.recorder.values[0][1] + 0.5
+    assert learn.recorder.values[-1][1] < before  # it learned
     assert probe.pred_dtype == ("fused", torch.bfloat16) and probe.loss_dtype == torch.float32
     assert probe.valid_pred_dtype == torch.float32  # validation: logits, cast back to fp32
     assert not probe.autocast_in_pred  # autocast closed right after the forward
@@ -84,11 +86,20 @@ def test_exception_in_forward_does_not_leak_autocast(lm_dls, tiny_config):
 
 
 def test_classifier_under_bf16_with_unfreezing(lm_dls, clf_dls_factory, tiny_config):
+    torch.manual_seed(0)
     clf = ulmfit_classifier_learner(clf_dls_factory(lm_dls.vocab), config=tiny_config)
+    probe, groups = DtypeProbe(), GroupProbe()
+    last = [m for m in clf.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    inside = set()  # dtype of the head's output in training batches (not in ASGD's BatchNorm pass after the fit)
+    hook = last.register_forward_hook(lambda m, i, o: inside.add(o.dtype) if clf.training else None)
     with clf.no_bar(), clf.no_logging():
-        clf.fit(2, cbs=[BF16Autocast(), SlantedTriangularLR(1e-2), DiscriminativeLR(), GradualUnfreezing(),
-                        ASGDWeightAveraging(start=2)])
+        clf.fit(3, cbs=[BF16Autocast(), SlantedTriangularLR(1e-2), DiscriminativeLR(), GradualUnfreezing(),
+                        ASGDWeightAveraging(start=2), probe, groups])
+    hook.remove()
     assert torch.isfinite(torch.tensor(clf.recorder.values[-1][:2])).all()
+    assert inside == {torch.bfloat16} and probe.pred_dtype == torch.float32  # bf16 inside, fp32 logits to the loss
+    # groups: embedding, 3 layers, head; one more unfrozen per epoch, from the top
+    assert groups.changed == [[False] * 4 + [True], [False] * 3 + [True] * 2, [False] * 2 + [True] * 3]
 
 
 def test_state_carried_from_bf16_into_fp32_forward(tiny_config):

@@ -1,6 +1,5 @@
 """QRNN encoder option: the vectorised forget-mult against the sequential recurrence, state
 carried across chunks, dropout, training through the same learners, splitters and callbacks."""
-import dataclasses
 
 import pytest
 import torch
@@ -51,9 +50,9 @@ def test_forget_mult_is_stable_over_long_sequences():
     assert torch.allclose(c[0, -1], torch.tensor(1 - 0.999 ** 5000).expand(2), atol=1e-4)
 
 
-def _qrnn(weight_p=0.2):
+def _qrnn(weight_p=0.2, **dropouts):
     torch.manual_seed(0)
-    return AWDLSTMLanguageModel(60, AWDLSTMConfig(emb_sz=8, n_hid=16, n_layers=3, weight_p=weight_p, arch="qrnn"))
+    return AWDLSTMLanguageModel(60, AWDLSTMConfig(emb_sz=8, n_hid=16, n_layers=3, weight_p=weight_p, arch="qrnn", **dropouts))
 
 
 def test_state_is_carried_across_chunks_including_the_width_2_window():
@@ -74,17 +73,25 @@ def test_state_is_carried_across_chunks_including_the_width_2_window():
 
 
 def test_dropconnect_on_the_gate_matrix_and_gradients():
-    m = _qrnn(weight_p=0.5)
     tok = torch.randint(0, 60, (2, 9))
-    m.train()
-    torch.manual_seed(1)
-    a = m(tok)[0]
-    m.reset()
-    torch.manual_seed(2)
-    b = m(tok)[0]
-    assert not torch.allclose(a, b)
-    a.sum().backward()
-    assert all(l.weight.grad is not None and l.weight.grad.abs().sum() > 0 for l in m.encoder.layers)
+    no_other_dropout = dict(embed_p=0.0, input_p=0.0, hidden_p=0.0, output_p=0.0)
+
+    def two_seeds(m):
+        m.train()
+        out = []
+        for seed in (1, 2):
+            m.reset()
+            torch.manual_seed(seed)
+            out.append(m(tok)[0])
+        return out
+    a, b = two_seeds(_qrnn(weight_p=0.0, **no_other_dropout))
+    assert torch.equal(a, b)  # nothing random left without DropConnect
+    m = _qrnn(weight_p=0.5, **no_other_dropout)
+    a, b = two_seeds(m)
+    assert not torch.allclose(a, b)  # DropConnect alone changes the output
+    b.sum().backward()
+    for l in m.encoder.layers:  # dropped weights get no gradient in this step; the others do
+        assert (l.weight.grad == 0).any() and (l.weight.grad != 0).any()
     m.eval()
     m.reset()
     e1 = m(tok)[0]
@@ -119,7 +126,6 @@ def test_qrnn_lm_trains_with_the_ulmfit_callbacks_and_feeds_a_classifier(lm_dls,
         clf.fit(2, cbs=[SlantedTriangularLR(1e-2), DiscriminativeLR(), GradualUnfreezing()])
     # gradual unfreezing: epoch 1 trains the head only, epoch 2 the last QRNN layer; layer 0 untouched
     assert all(torch.equal(a, b) for a, b in zip(first, clf.model.encoder.module.layers[0].parameters()))
-    assert 0.0 <= clf.recorder.values[-1][2] <= 1.0
 
 
 def test_bf16_qrnn_matches_fp32():
@@ -130,4 +136,3 @@ def test_bf16_qrnn_matches_fp32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = m(tok)[0].float()
     assert (low - ref).abs().max() < 0.05 * ref.abs().max()
-    assert dataclasses.replace(m.config, arch="lstm").arch == "lstm"

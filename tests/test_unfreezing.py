@@ -1,25 +1,9 @@
 """Gradual unfreezing: trainable groups per epoch, frozen weights bit-identical, optimizer state kept."""
 import pytest
 import torch
-from fastai.callback.core import Callback
+from helpers import GroupProbe
 
 from ulmfit_callbacks import GradualUnfreezing, SlantedTriangularLR, ulmfit_classifier_learner
-
-
-class GroupProbe(Callback):
-    """Per epoch: which groups require grad, and which changed over the epoch."""
-    order = 100
-
-    def __init__(self):
-        self.trainable, self.changed, self.before = [], [], None
-
-    def before_train(self):
-        self.trainable.append([all(p.requires_grad for p in pg) for pg in self.opt.param_lists])
-        self.before = [[p.detach().clone() for p in pg] for pg in self.opt.param_lists]
-
-    def after_train(self):
-        self.changed.append([any(not torch.equal(a, p) for a, p in zip(b, pg))
-                             for b, pg in zip(self.before, self.opt.param_lists)])
 
 
 @pytest.fixture
