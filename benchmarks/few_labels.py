@@ -8,7 +8,7 @@ training texts without labels (the user-path run's ``lm_fwd``), beside TF-IDF + 
 recipe); ``--split test`` samples from the whole training file and scores the test split. The
 fine-tuned LM comes from ``benchmarks/user_path.py run --task T --split S`` (run it first).
 Without ``--set`` each size gets the recipe ``train-classifier`` picks for it
-(``pipeline.classifier_recipe(n)``: the few-label recipe up to 300 texts, the default above);
+(``pipeline.classifier_recipe(n)``: the few-label recipe up to 1,000 texts, the default above);
 ``--set`` overrides fields of ``pipeline.DEFAULT_CLASSIFIER`` (and ``bs``) instead. ``--scratch``
 also trains the same classifier from a random encoder with ``SCRATCH_CLASSIFIER``, the same
 epochs, batch size and overrides (``--scratch-set`` adds its own; ``--scratch-only`` skips ours: tuning

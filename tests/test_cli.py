@@ -245,7 +245,7 @@ def test_german_with_sentencepiece_through_all_three_stages(tmp_path):
     r = run("train-classifier", str(tmp_path / "task.csv"), "--lm", str(tmp_path / "lm"), "--out", str(tmp_path / "clf"),
             "--epochs", "1", "--bs", "8")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "recipe: 43 labelled training texts (<= 300): the few-label recipe" in r.stdout  # 48 rows, 10% validation
+    assert "recipe: 43 labelled training texts (<= 1000): the few-label recipe" in r.stdout  # 48 rows, 10% validation
     assert len((tmp_path / "clf" / "history.csv").read_text().splitlines()) == 2  # --epochs 1 still wins
     for d in ("lm", "clf"):
         assert json.loads((tmp_path / d / "config.json").read_text())["tokenizer"] == tok
