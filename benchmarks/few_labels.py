@@ -75,24 +75,33 @@ def pseudo_labels(learn, pool: Corpus, k: int) -> tuple[Corpus, list]:
 
 
 def plot(a):
-    """Accuracy against labelled examples (log scale), mean ± std over seeds, from the named runs."""
+    """Accuracy against labelled examples (log scale), mean ± std over seeds, from the named runs: their
+    per-seed rows are pooled (a later name wins for the same size and seed), so seeds run in several jobs
+    count once each. Prints the pooled table too."""
     import json
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     res = REPO / "benchmarks" / "results"
-    summary, recipes = {}, []
+    runs, recipes = {}, []
     for name in a.names:
         r = json.loads((res / f"few_labels_{a.task}_{a.split}_{name}.json").read_text())["result"]
-        summary.update(r["summary"])
+        runs.update(r["runs"])
         recipes.append(" ".join(r["overrides"]) or "classifier_recipe(n)")
     fig, ax = plt.subplots(figsize=(6, 4))
     for k, style in (("ours fwd", "o-"), ("from scratch", "s--"), ("TF-IDF + LR", "^:")):
-        pts = sorted((int(key.split()[0][2:]), v["mean"], v["std"]) for key, v in summary.items() if key.endswith(k))
-        if pts:
-            n, m, sd = map(np.array, zip(*pts))
-            ax.errorbar(n, 100 * (1 - m), yerr=100 * sd, fmt=style, capsize=3, label=k)
+        by_n = {}
+        for key, row in runs.items():
+            if k in row:
+                by_n.setdefault(int(key.split()[0][2:]), []).append(row[k])
+        if not by_n:
+            continue
+        n = np.array(sorted(by_n))
+        m, sd = (np.array([f(by_n[i]) for i in n]) for f in (np.mean, np.std))
+        for i, mi, si in zip(n, m, sd):
+            print(f"n={i:<5d} {k:14s} accuracy {100 * mi:.1f}% ± {100 * si:.1f} ({len(by_n[i])} seeds)")
+        ax.errorbar(n, 100 * (1 - m), yerr=100 * sd, fmt=style, capsize=3, label=k)
     ax.set_xscale("log")
     ax.set_xlabel("labelled training examples")
     ax.set_ylabel(f"{a.split} error (%)")
