@@ -76,8 +76,8 @@ def pseudo_labels(learn, pool: Corpus, k: int) -> tuple[Corpus, list]:
 
 def plot(a):
     """Accuracy against labelled examples (log scale), mean ± std over seeds, from the named runs: their
-    per-seed rows are pooled (a later name wins for the same size and seed), so seeds run in several jobs
-    count once each. Prints the pooled table too."""
+    per-seed rows are pooled (for the same size, seed and method a later name wins), so seeds run in
+    several jobs count once each. Prints the pooled table too."""
     import json
 
     import matplotlib
@@ -87,7 +87,8 @@ def plot(a):
     runs, recipes = {}, []
     for name in a.names:
         r = json.loads((res / f"few_labels_{a.task}_{a.split}_{name}.json").read_text())["result"]
-        runs.update(r["runs"])
+        for key, row in r["runs"].items():
+            runs.setdefault(key, {}).update(row)
         recipes.append(" ".join(r["overrides"]) or "classifier_recipe(n)")
     fig, ax = plt.subplots(figsize=(6, 4))
     for k, style in (("ours fwd", "o-"), ("from scratch", "s--"), ("TF-IDF + LR", "^:")):
