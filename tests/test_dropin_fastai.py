@@ -86,12 +86,16 @@ def test_our_ar_tar_on_fastai_lm_and_one_token_batches(fastai_dls):
 def test_all_callbacks_on_text_classifier_learner(fastai_dls):
     _, clas = fastai_dls
     learn = text_classifier_learner(clas, AWD_LSTM, config=dict(awd_lstm_clas_config, **SMALL), pretrained=False)
-    trace, gu = LRTrace(), GradualUnfreezing()
+    trace, gu, asgd = LRTrace(), GradualUnfreezing(), ASGDWeightAveraging(start=3)
     with learn.no_bar(), learn.no_logging():
-        learn.fit(2, cbs=[SlantedTriangularLR(1e-2), DiscriminativeLR(), gu, trace, ASGDWeightAveraging(start=3)])
+        learn.fit(2, cbs=[SlantedTriangularLR(1e-2), DiscriminativeLR(), gu, trace, asgd])
     n = len(learn.opt.param_lists)
     assert n == 4  # fastai's classifier splitter: embedding, 2 layers, head
     lrs = np.array(trace.lrs)
+    T = 2 * len(clas.train)
+    assert lrs.shape == (T, 4)
+    assert lrs[:, -1] == pytest.approx([stlr(t, T) for t in range(T)])  # Eq. 3 on the head, over the whole fit
     assert lrs[:, :-1] == pytest.approx(lrs[:, 1:] / 2.6)
+    assert asgd.n_averaged == T - 3
     assert gu.epochs_done == 2
     assert [p.requires_grad for p in learn.opt.param_lists[0]] == [False] * len(learn.opt.param_lists[0])
