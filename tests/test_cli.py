@@ -187,7 +187,10 @@ def test_evaluate_keeps_every_row_and_stands_beside_the_baseline(messy):
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((d / "m.json").read_text())
     assert m["ulmfit"]["n"] == len(labelled) == 122  # the empty text is evaluated too
-    assert set(m["ulmfit"]["per_class"]) == {"business", "sport"} and 0 <= m["ulmfit"]["macro_f1"] <= 1
+    per_class = m["ulmfit"]["per_class"]
+    assert set(per_class) == {"business", "sport"}
+    assert sum(c["support"] for c in per_class.values()) == 122
+    assert m["ulmfit"]["macro_f1"] == pytest.approx(sum(c["f1"] for c in per_class.values()) / len(per_class))
     assert 0.5 <= m["tfidf_lr"]["accuracy"] <= 1 and "ULMFiT - baseline" in r.stdout and (d / "cm.png").exists()
 
 
