@@ -41,9 +41,14 @@ from common import CACHE, REPO, record  # noqa: E402
 from ulmfit_callbacks.baseline import TfidfBaseline  # noqa: E402
 from ulmfit_callbacks.corpus import Corpus  # noqa: E402
 from ulmfit_callbacks.ensemble import ForwardBackwardEnsemble, predict_proba  # noqa: E402
+from ulmfit_callbacks.evaluation import classification_metrics  # noqa: E402
 from ulmfit_callbacks.pipeline import DEFAULT_CLASSIFIER, SCRATCH_CLASSIFIER, classifier_recipe, load_artifact, train_classifier  # noqa: E402
 
 MONITOR = 100  # evaluation rows shown during training (nothing is selected on them)
+
+
+def _accuracy(ev: Corpus, probs, classes) -> float:
+    return classification_metrics(ev.labels, probs.numpy(), classes)["accuracy"]
 
 
 def _parse(kvs, bs=32):
@@ -164,8 +169,7 @@ def main():
                 t = time.time()
                 learn, _ = train_classifier(sub, ev[:MONITOR], CACHE / f"few_{a.task}_{a.split}_{a.name}", recipe, bs=run_bs,
                                             seed=seed, classes=classes, **kw)
-                p = predict_proba(learn, ev).argmax(1).numpy()
-                res[name] = float(np.mean([learn.dls.classes[i] == y for i, y in zip(p, ev.labels)]))
+                res[name] = _accuracy(ev, predict_proba(learn, ev), learn.dls.classes)
                 res[f"{name} seconds"] = round(time.time() - t, 1)
                 if name == "ours fwd" and a.ensemble:
                     t = time.time()
@@ -174,8 +178,7 @@ def main():
                                                   backwards=True)
                     probs = ForwardBackwardEnsemble(learn, learn_b).predict_proba(ev)
                     for k, col in (("backward", "ours bwd"), ("ensemble", "ours fwd+bwd ensemble")):
-                        p = probs[k].argmax(1).numpy()
-                        res[col] = float(np.mean([learn.dls.classes[i] == y for i, y in zip(p, ev.labels)]))
+                        res[col] = _accuracy(ev, probs[k], learn.dls.classes)
                     res["ours bwd seconds"] = round(time.time() - t, 1)
                 if name == "ours fwd" and a.self_train:
                     t = time.time()
@@ -184,8 +187,7 @@ def main():
                     st_recipe, st_bs = (recipe, bs) if a.set else classifier_recipe(len(st))[:2]
                     learn2, _ = train_classifier(st, ev[:MONITOR], CACHE / f"few_{a.task}_{a.split}_{a.name}", st_recipe, bs=st_bs,
                                                  seed=seed, classes=classes, lm=lm)
-                    p = predict_proba(learn2, ev).argmax(1).numpy()
-                    res["ours fwd + self-training"] = float(np.mean([learn2.dls.classes[i] == y for i, y in zip(p, ev.labels)]))
+                    res["ours fwd + self-training"] = _accuracy(ev, predict_proba(learn2, ev), learn2.dls.classes)
                     res["pseudo-label accuracy"] = float(np.mean([p_ == g_ for p_, g_ in zip(pseudo.labels, gold)]))
                     res["ours fwd + self-training seconds"] = round(time.time() - t, 1)
             print(f"{a.task} {a.split} n={n} seed={seed} {a.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items()
