@@ -284,7 +284,7 @@ def cmd_train_classifier(a):
         from .pipeline import classifier_recipe
         base, few_bs, why = classifier_recipe(len(train))
         recipe, bs = _recipe(a, "classifier", base), a.bs or few_bs
-        print(f"recipe: {why}")
+        print(f"recipe: {why}; the recipe flags (--epochs, --bs, ...) override it")
     loss, classes = None, None
     if a.class_weights:
         if a.multi_label:
