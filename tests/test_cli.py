@@ -45,7 +45,8 @@ def test_predict_from_arguments_and_stdin(demo_run):
     out, _ = demo_run
     r = run("predict", "--model", str(out), "The striker scored twice", "Shares fell on Wall Street")
     assert r.returncode == 0, r.stderr
-    lines = [l for l in r.stdout.strip().splitlines() if not l.startswith("ulmfit predict:")]
+    lines = r.stdout.strip().splitlines()  # the device line goes to standard error: stdout is data
+    assert "ulmfit predict: device" in r.stderr
     assert len(lines) == 2 and lines[0].split("\t")[0] in {"business", "entertainment", "politics", "sports", "tech"}
     r2 = run("predict", "--model", str(out), stdin="The striker scored twice\nShares fell on Wall Street\n")
     assert r2.stdout == r.stdout  # same ensemble, same order
@@ -210,6 +211,41 @@ def test_predict_csv_round_trips_10000_rows_with_every_column(messy):
     assert abs(p.sum(1) - 1).max() < 1e-4 and out.empty_text.eq("True").sum() == (big.text.fillna("") == "").sum()
     r = run("predict", "--model", str(d / "clf"), "--csv", "-", "--out", "-", stdin="text\nNone\nThe match was won\n")
     assert r.returncode == 0 and r.stdout.splitlines()[0].startswith("text,predicted_label,probability")
+
+
+def test_ordinary_files_from_users(messy):
+    """Files as people make them: a spreadsheet's empty label rows and padded labels, a TSV, blank lines."""
+    import pandas as pd
+    d, df, _, _ = messy
+    ev = df[df.label != ""].head(20).copy()
+    ev["label"] = ev["label"] + " "  # "sport " is "sport"
+    pd.concat([ev, pd.DataFrame({"id": ["x", "y"], "text": ["More news", "And more"], "label": ["", ""]})]
+              ).to_csv(d / "sheet.csv", index=False)
+    r = run("evaluate", str(d / "sheet.csv"), "--model", str(d / "clf"), "--json", str(d / "sheet.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "2 row(s) without a label are left out of the metrics (rows [20, 21])" in r.stdout
+    assert json.loads((d / "sheet.json").read_text())["ulmfit"]["n"] == 20
+    ev.to_csv(d / "sheet.tsv", sep="\t", index=False)
+    r = run("evaluate", str(d / "sheet.tsv"), "--model", str(d / "clf"), "--json", str(d / "tsv.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((d / "tsv.json").read_text())["ulmfit"] == json.loads((d / "sheet.json").read_text())["ulmfit"]
+    r = run("evaluate", str(d / "sheet.tsv"), "--model", str(d / "clf"), "--label-col", "labels")
+    assert r.returncode == 1 and "has no column 'labels'" in r.stderr and "--label-col" in r.stderr
+    (d / "lines.lst").write_text("The match was won\n\nShares fell\n")
+    r = run("predict", "--model", str(d / "clf"), "--file", str(d / "lines.lst"))  # any name: one text per line
+    assert r.returncode == 0 and len(r.stdout.strip("\n").split("\n")) == 3, r.stdout + r.stderr
+    (d / "one_col.csv").write_text("text\nThe match was won\n\nShares fell\n")
+    r = run("predict", "--model", str(d / "clf"), "--csv", str(d / "one_col.csv"), "--out", str(d / "one.csv"))
+    assert r.returncode == 0 and len(pd.read_csv(d / "one.csv")) == 3  # the blank line is a row too
+
+
+@pytest.mark.parametrize("out", ["lm", "data.csv"])
+def test_out_never_replaces_an_input(messy, out):
+    d = messy[0]
+    before = sorted(p.name for p in (d / "lm").iterdir())
+    r = run("train-classifier", str(d / "data.csv"), "--lm", str(d / "lm"), "--out", str(d / out), "--epochs", "1")
+    assert r.returncode == 2 and ("input model" if out == "lm" else "is a file") in r.stderr
+    assert sorted(p.name for p in (d / "lm").iterdir()) == before
 
 
 GERMAN = {  # written for this test: two topics, a few paragraphs each

@@ -26,6 +26,9 @@ def test_multi_label_predictions_and_metrics():
     m = classification_metrics(["x;y", "y;z", ""], p, ["x", "y", "z"], multi_label=True)
     assert m["subset_accuracy"] == pytest.approx(2 / 3)  # rows 1 and 3 exact, row 2 misses z
     assert m["per_label_f1"] == {"x": 1.0, "y": 1.0, "z": 0.0} and m["micro_f1"] == pytest.approx(6 / 7)
+    assert classification_metrics(["x; y;", "y ;z", ";"], p, ["x", "y", "z"], multi_label=True) == m  # spaces, empty parts
+    with pytest.raises(ValueError, match="'w' .*not one of the model's classes"):  # not silently dropped
+        classification_metrics(["x;w", "y", ""], p, ["x", "y", "z"], multi_label=True)
 
 
 def test_single_label_metrics_and_confusion_png(tmp_path):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ulmfit_callbacks import ClassifierLoader, Corpus, LMLoader, Vocab, classifier_dataloaders, lm_dataloaders
+from ulmfit_callbacks.corpus import split_train_valid
 from ulmfit_callbacks.vocab import SPECIAL_TOKENS
 
 
@@ -73,3 +74,27 @@ def test_label_errors():
     dls = classifier_dataloaders(Corpus.from_texts(["a", "a a", "a"], ["x;y", "y", "x"]), Corpus.from_texts(["a"], ["y;x"]),
                                  vocab=vocab, multi_label=True)
     assert dls.classes == ["x", "y"] and dls.valid.labels.tolist() == [[1.0, 1.0]]
+    # a trailing separator or a space after it (hand-made multi-label files) makes no class of its own
+    dls = classifier_dataloaders(Corpus.from_texts(["a", "a a", "a"], ["x; y;", " y", "x;"]),
+                                 Corpus.from_texts(["a"], ["y ; x"]), vocab=vocab, multi_label=True)
+    assert dls.classes == ["x", "y"] and dls.train.labels.tolist() == [[1.0, 1.0], [0.0, 1.0], [1.0, 0.0]]
+    assert dls.valid.labels.tolist() == [[1.0, 1.0]]
+
+
+def test_the_validation_split_keeps_every_class_in_training():
+    vocab = Vocab(SPECIAL_TOKENS + ["a"])
+    texts, labels = ["a"] * 20, ["x"] * 9 + ["y"] * 10 + ["rare"]
+    seed = next(s for s in range(200) if 19 in split_train_valid(20, 0.1, s)[1])  # a plain random split: "rare" in valid
+    said = []
+    tr, va = Corpus.from_texts(texts, labels).split(0.1, seed=seed, log=said.append)
+    assert "rare" in tr.labels and "rare" not in va.labels and len(tr) + len(va) == 20 and len(va) == 1
+    assert said and "1 row(s) moved to training" in said[0] and "'rare'" in said[0]
+    dls = classifier_dataloaders(Corpus.from_texts(texts, labels), vocab=vocab, seed=seed)  # used to fail
+    assert "rare" in dls.classes
+    # multi-label: a row moves only when one of its own classes has no training row
+    ml = ["x;y"] * 10 + ["x;z"]
+    s = next(s for s in range(200) if 10 in split_train_valid(11, 0.2, s)[1])
+    tr, va = Corpus.from_texts(["a"] * 11, ml).split(0.2, seed=s, label_delim=";", log=None)
+    assert "x;z" in tr.labels and va.labels == ["x;y"]  # 2 validation rows, the x;z one moved
+    with pytest.raises(ValueError, match="too few to split off"):
+        Corpus.from_texts(["a", "a"], ["x", "y"]).split(0.5, seed=0, log=None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,16 @@ def _read(path: str, text_col: str, label_col: str | None, training: bool = True
     if path != "bbc" and not Path(path).exists():
         raise UsageError(f"no such file or folder: {path}")
     return Corpus.read(path, text_col, label_col, training=training, tokenizer=tokenizer)
+
+
+def _check_out(out: str, *inputs):
+    """``--out`` must be a folder to write, not a file and not one of the command's own inputs."""
+    o = Path(out)
+    if o.exists() and not o.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder to write the model to")
+    for i in inputs:
+        if i is not None and Path(i).exists() and o.resolve() == Path(i).resolve():
+            raise UsageError(f"--out {out} is this command's input model; writing there would replace it")
 
 
 def _tokenizer(a):
@@ -104,7 +115,8 @@ def _setup(a, starts_from: str | None = None):
     device = _device(a)
     prec, cbs = _precision(a, device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    to_stdout = getattr(a, "out", None) == "-"  # standard output carries the data then
+    # standard output carries the data: predict's lines, or a CSV written to "-"
+    to_stdout = getattr(a, "out", None) == "-" or (a.command == "predict" and not getattr(a, "csv", None))
     print(f"ulmfit {a.command}: device {device} ({where}), precision {prec}"
           + (f"; starts from {starts_from}" if starts_from else ""), flush=True, file=sys.stderr if to_stdout else sys.stdout)
     return device, cbs
@@ -200,6 +212,7 @@ def cmd_pretrain(a):
     recipe = _recipe(a, "pretrain", dataclasses.replace(PAPER_LM, discriminative=False) if a.paper else PRETRAIN)
     device, cbs = _setup(a, "random weights (stage 1)")
     train, valid = _read_general(a.corpus, a.text_col, _tokenizer(a))
+    _check_out(a.out)
     ckpt = EpochCheckpoint(Path(a.out) / "checkpoint.pt")  # stage 1 takes hours: a resumable state per epoch
     _, m = pretrain_lm(train, valid, a.out, _model_config(a), recipe, backwards=a.backwards, bs=a.bs, bptt=a.bptt,
                        max_vocab=a.max_vocab, cbs=cbs + [ckpt], device=device)
@@ -221,15 +234,17 @@ def cmd_finetune_lm(a):
                              "are for a new LM (--pretrained none)")
         from .pipeline import model_tokenizer
         folder = resolve_model(pre, a.backwards)  # a missing model fails before the data are read
+        _check_out(a.out, folder)
         if (folder / "config.json").exists():
             tok = model_tokenizer(json.loads((folder / "config.json").read_text()), folder)
     else:
         tok = _tokenizer(a)
+        _check_out(a.out)
     device, cbs = _setup(a, f"the pretrained LM {pre!r}" if pre else
                          "random weights (--pretrained none): expect far weaker classifiers than from a pretrained LM")
     texts = _read(a.data, a.text_col, None, tokenizer=tok)
     if a.unlabelled:
-        extra = _read(a.unlabelled, "text", None, tokenizer=texts.tokenizer)
+        extra = _read(a.unlabelled, a.text_col, None, tokenizer=texts.tokenizer)
         print(f"LM fine-tuning text: {len(texts):,} labelled-file texts + {len(extra):,} unlabelled texts ({a.unlabelled})")
         texts = texts + extra
     _, m = finetune_lm(texts, None, a.out, recipe, pretrained=pre, config=None if pre else _model_config(a),
@@ -262,6 +277,7 @@ def cmd_train_classifier(a):
 
     from .pipeline import DEFAULT_CLASSIFIER, PAPER_CLASSIFIER, SCRATCH_CLASSIFIER, load_artifact, train_classifier
     meta = load_artifact(a.lm)[0]  # a missing or foreign LM folder fails before the data are read
+    _check_out(a.out, a.lm)
     if meta["kind"] != "lm":
         raise UsageError(f"{a.lm} holds a {meta['kind']}, not a language model")
     if a.backwards and not meta["backwards"]:
@@ -278,7 +294,8 @@ def cmd_train_classifier(a):
     from .pipeline import model_tokenizer
     tok = model_tokenizer(meta, a.lm)  # the LM's own tokens
     train = _read(a.data, a.text_col, a.label_col, tokenizer=tok)
-    train, valid = (train, _read(a.valid, a.text_col, a.label_col, tokenizer=tok)) if a.valid else train.split(0.1, a.seed)
+    train, valid = (train, _read(a.valid, a.text_col, a.label_col, tokenizer=tok)) if a.valid else \
+        train.split(0.1, a.seed, label_delim=";" if a.multi_label else None)
     bs = a.bs or 32
     if not a.paper and not from_scratch:
         from .pipeline import classifier_recipe
@@ -298,14 +315,15 @@ def cmd_train_classifier(a):
 
 
 def _load_model(model_dir, device):
-    """A classifier folder's learner or a run folder's ensemble, and the tokenizer its texts need."""
+    """A classifier folder's learner or a run folder's ensemble, and its (forward) DataLoaders: the
+    tokenizer its texts need, its classes, whether it is multi-label."""
     from .ensemble import ForwardBackwardEnsemble
     from .pipeline import load_model
     try:
         model = load_model(model_dir, device)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None
-    return model, (model.forward if isinstance(model, ForwardBackwardEnsemble) else model).dls.tokenizer
+    return model, (model.forward if isinstance(model, ForwardBackwardEnsemble) else model).dls
 
 
 def _predict_probs(model, data):
@@ -320,15 +338,31 @@ def cmd_evaluate(a):
     from .evaluation import classification_metrics, classification_report_text, confusion_png
     if a.baseline and not a.train:
         raise UsageError("--baseline fits TF-IDF + logistic regression on --train FILE (the labelled training data)")
+    from .corpus import label_parts
     device, _ = _setup(a, f"the classifier(s) in {a.model}")
-    model, tok = _load_model(a.model, device)
-    data = _read(a.data, a.text_col, a.label_col, training=False, tokenizer=tok)
-    texts, labels = data.texts, data.labels
-    probs, classes, multi = _predict_probs(model, data)
+    model, dls = _load_model(a.model, device)
+    multi, model_classes = bool(dls.multi_label), [str(c) for c in dls.classes]
+    trn = None
+    if a.baseline:
+        if multi:
+            print("--baseline: TF-IDF + LR is fitted for single-label models only; skipped for this multi-label model")
+        else:
+            trn = _read(a.train, a.text_col, a.label_col)  # read before the long prediction: errors come first
+    data = _read(a.data, a.text_col, a.label_col, training=False, tokenizer=dls.tokenizer)
     if not multi:
-        unknown = sorted({str(l) for l in labels} - set(classes))
-        if unknown:
-            raise UsageError(f"labels {unknown[:5]} were never seen in training (classes: {classes})")
+        empty = [i for i, l in enumerate(data.labels) if str(l).strip() == ""]
+        if len(empty) == len(data):
+            raise UsageError(f"{a.data}: no row has a label in column {a.label_col!r} (ulmfit predict labels unlabelled texts)")
+        if empty:
+            print(f"{a.data}: {len(empty)} row(s) without a label are left out of the metrics (rows {empty[:10]}"
+                  f"{' ...' if len(empty) > 10 else ''})")
+            data = data.subset([i for i in range(len(data)) if i not in set(empty)])
+    texts, labels = data.texts, data.labels
+    given = {c for l in labels for c in label_parts(l)} if multi else {str(l) for l in labels}
+    unknown = sorted(given - set(model_classes))
+    if unknown:
+        raise UsageError(f"labels {unknown[:5]} were never seen in training (classes: {model_classes[:20]})")
+    probs, classes, multi = _predict_probs(model, data)
     m = classification_metrics(labels, probs, classes, multi_label=multi, threshold=a.threshold)
     res = {"ulmfit": m}
     if multi:
@@ -342,17 +376,17 @@ def cmd_evaluate(a):
         if a.confusion:
             confusion_png(labels, pred, classes, a.confusion, f"{Path(a.data).name}: {Path(a.model).name}")
             print(f"confusion matrix -> {a.confusion}")
-    if a.baseline:
+    if multi and a.confusion:
+        print("--confusion: a confusion matrix is for single-label models; not written")
+    if trn is not None:
         from .baseline import TfidfBaseline
-        trn = _read(a.train, a.text_col, a.label_col)
         tt = trn.texts
         b = TfidfBaseline().fit(tt, trn.labels)
         bm = classification_metrics(labels, _align(b.predict_proba(texts), b.classes, classes), classes)
         res["tfidf_lr"] = bm
-        if not multi:
-            print(f"baseline TF-IDF 1-2 grams + logistic regression (fitted on {len(tt):,} texts of {a.train}): "
-                  f"accuracy {bm['accuracy']:.4f}, macro-F1 {bm['macro_f1']:.4f}")
-            print(f"ULMFiT - baseline: {100 * (m['accuracy'] - bm['accuracy']):+.2f} accuracy points")
+        print(f"baseline TF-IDF 1-2 grams + logistic regression (fitted on {len(tt):,} texts of {a.train}): "
+              f"accuracy {bm['accuracy']:.4f}, macro-F1 {bm['macro_f1']:.4f}")
+        print(f"ULMFiT - baseline: {100 * (m['accuracy'] - bm['accuracy']):+.2f} accuracy points")
     if a.json:
         from .artifact import write_json
         write_json(a.json, res)
@@ -378,7 +412,7 @@ def cmd_predict(a):
         if a.texts or a.file:
             raise UsageError("give texts as arguments / --file, or --csv, not both")
         from .corpus import read_csv
-        df = pd.read_csv(sys.stdin, dtype=str, keep_default_na=False) if a.csv == "-" else read_csv(a.csv)
+        df = read_csv(a.csv)
         if a.text_col not in df.columns:
             raise UsageError(f"{a.csv} has no column {a.text_col!r}; columns are {list(df.columns)}")
         device, _ = _setup(a, f"the classifier(s) in {a.model}")
@@ -392,8 +426,10 @@ def cmd_predict(a):
             print(f"{len(res):,} rows -> {a.out}")
         return
     texts = list(a.texts)
-    if a.file:
-        texts += _read(a.file, "text", None).texts
+    if a.file:  # one text per line, whatever the file's name; every line kept
+        if not Path(a.file).is_file():
+            raise UsageError(f"no such file: {a.file}")
+        texts += Path(a.file).read_text(encoding="utf-8", errors="replace").splitlines()
     if not texts and not sys.stdin.isatty():
         texts = [l for l in sys.stdin.read().splitlines() if l.strip()]
     if not texts:
@@ -564,9 +600,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (UsageError, FileNotFoundError) as e:
+    except (UsageError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
         print(f"ulmfit {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # `ulmfit predict ... --out - | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except ValueError as e:  # the library's checks of data and arguments
         print(f"ulmfit {args.command}: error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -22,20 +22,34 @@ import pandas as pd
 from .tokenizer import SentencePieceTokenizer, SpacyTokenizer, Tokenizer, tokenize, tokenize_cached
 
 __all__ = ["Corpus", "as_corpus", "tokenize", "read_csv", "read_texts", "read_folder", "bbc_news_path", "load_bbc_news",
-           "split_train_valid"]
+           "split_train_valid", "label_parts"]
+
 
 def read_csv(path: str | os.PathLike) -> pd.DataFrame:
-    """A CSV with every column read as text: the words ``None``, ``NA``, ``null``, ``nan``... stay
-    words (pandas would turn them into missing values), and empty fields are ``""``."""
-    where = str(path)
-    if not Path(path).exists():
+    """A CSV (tab-separated for ``.tsv`` / ``.tab``; ``"-"``: standard input) with every column read as
+    text: the words ``None``, ``NA``, ``null``, ``nan``... stay words (pandas would turn them into
+    missing values), empty fields are ``""`` and blank lines are rows with empty fields (kept)."""
+    where = "standard input" if str(path) == "-" else str(path)
+    if str(path) == "-":
+        import sys
+        path = sys.stdin
+    elif not Path(path).exists():
         raise FileNotFoundError(f"no such CSV file: {path}")
+    sep = "\t" if isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in (".tsv", ".tab") else ","
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{where} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise ValueError(f"{where} is not a readable CSV file ({e})") from None
+        hint = " (tab-separated files need a .tsv name)" if sep == "," and "Expected" in str(e) else ""
+        raise ValueError(f"{where} is not a readable CSV file{hint}: {' '.join(str(e).split())}") from None
+
+
+def label_parts(label, delim: str = ";") -> list[str]:
+    """The labels of one multi-label row (a list, or a ``delim``-joined string), each stripped of
+    surrounding spaces; empty parts (``"pos;"``, ``"a;;b"``) are dropped."""
+    parts = label if isinstance(label, (list, tuple)) else str(label).split(delim)
+    return [p for p in (str(x).strip() for x in parts) if p]
 
 
 def _blank(col: pd.Series) -> pd.Series:
@@ -58,7 +72,9 @@ def read_texts(data: pd.DataFrame | str | os.PathLike, text_col: str = "text", l
         raise ValueError(f"{where} has no rows")
     for col in [text_col] + ([label_col] if label_col else []):
         if col not in data.columns:
-            raise ValueError(f"{where} has no column {col!r}; columns are {list(data.columns)}")
+            flag = "--text-col" if col == text_col else "--label-col"
+            raise ValueError(f"{where} has no column {col!r}; columns are {list(data.columns)[:20]} "
+                             f"(name the column with {flag})")
     keep = pd.Series(True, index=data.index)
     if skip_empty:
         for col, what in [(text_col, "empty or whitespace-only text")] + \
@@ -75,7 +91,7 @@ def read_texts(data: pd.DataFrame | str | os.PathLike, text_col: str = "text", l
     texts = ["" if pd.isna(t) else str(t) for t in data[text_col]]
     if label_col is None:
         return texts, None
-    return texts, data[label_col].tolist()
+    return texts, [l.strip() if isinstance(l, str) else l for l in data[label_col]]  # "pos " is "pos"
 
 
 def read_folder(path: str | os.PathLike, encoding_errors: str = "replace") -> tuple[list[str], list[str], list[Path], list[Path]]:
@@ -216,9 +232,33 @@ class Corpus:
         pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
         return Corpus(pick(self.tokens), pick(self.labels), pick(self.texts), self.tokenizer)
 
-    def split(self, valid_pct: float = 0.1, seed: int = 42) -> tuple["Corpus", "Corpus"]:
-        """``(train, valid)``: the seeded random split used wherever no validation data are given."""
+    def split(self, valid_pct: float = 0.1, seed: int = 42, label_delim: str | None = None,
+              log=print) -> tuple["Corpus", "Corpus"]:
+        """``(train, valid)``: the seeded random split used wherever no validation data are given.
+
+        With labels, every class keeps a training example: a validation row whose class (with
+        ``label_delim``, one of its ``label_delim``-joined classes) has none is moved to training,
+        and ``log`` (``None``: silent) says so. A classifier cannot learn a class it never sees.
+        """
         tr, va = split_train_valid(len(self), valid_pct, seed)
+        if self.labels is None:
+            return self.subset(tr), self.subset(va)
+        parts = (lambda l: set(label_parts(l, label_delim))) if label_delim else (lambda l: {str(l)})  # noqa: E731
+        seen = {c for i in tr for c in parts(self.labels[i])}
+        moved = []
+        for i in va:
+            if not parts(self.labels[i]) <= seen:
+                moved.append(int(i))
+                seen |= parts(self.labels[i])
+        if moved:
+            new = sorted({c for i in moved for c in parts(self.labels[i])} - {c for i in tr for c in parts(self.labels[i])})
+            tr, va = np.sort(np.concatenate([tr, moved])), np.array([i for i in va if i not in set(moved)], dtype=int)
+            if log is not None:
+                log(f"validation split: {len(moved)} row(s) moved to training so that every class has a training example "
+                    f"(classes {new[:10]}{' ...' if len(new) > 10 else ''})")
+            if len(va) == 0:
+                raise ValueError(f"{len(self)} rows are too few to split off a validation set in which every class also "
+                                 "has a training example: give validation data")
         return self.subset(tr), self.subset(va)
 
     def __add__(self, other: "Corpus") -> "Corpus":

@@ -16,6 +16,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .corpus import label_parts
+
 __all__ = ["predict", "predict_probs", "predict_dataframe", "classification_metrics", "classification_report_text",
            "confusion_png"]
 
@@ -91,13 +93,13 @@ def classification_metrics(y_true, probs: np.ndarray, classes: Sequence, multi_l
     classes = [str(c) for c in classes]
     probs = np.asarray(probs)
     if multi_label:
-        split = lambda l: l if isinstance(l, (list, tuple)) else [x for x in str(l).split(";") if x]  # noqa: E731
         idx = {c: j for j, c in enumerate(classes)}
         Y = np.zeros((len(y_true), len(classes)), dtype=int)
         for r, l in enumerate(y_true):
-            for c in split(l):
-                if str(c) in idx:
-                    Y[r, idx[str(c)]] = 1
+            for c in label_parts(l):
+                if c not in idx:
+                    raise ValueError(f"label {c!r} (row {r}) is not one of the model's classes {classes}")
+                Y[r, idx[c]] = 1
         P = (probs >= threshold).astype(int)
         per = f1_score(Y, P, average=None, zero_division=0)
         return dict(n=len(Y), subset_accuracy=float(accuracy_score(Y, P)),

@@ -23,7 +23,7 @@ import torch
 from fastai.data.core import DataLoaders
 from fastai.torch_core import default_device
 
-from .corpus import Corpus, as_corpus
+from .corpus import Corpus, as_corpus, label_parts
 from .tokenizer import SpacyTokenizer, Tokenizer
 from .vocab import PAD_IDX, Vocab, numericalize
 
@@ -128,7 +128,8 @@ class LMLoader(_Loader):
         self._plan: tuple = (None, [])  # (this rank's rows, [(start, length)] per batch) of the current epoch
         self.device = torch.device(device) if device is not None else None
         if self.docs and self.n_items // (bs * world_size) < 2:
-            raise ValueError(f"{self.n_items} tokens are too few for batch size {bs} x {world_size} rank(s)")
+            raise ValueError(f"{self.n_items} tokens are too few for batch size {bs} x {world_size} rank(s): "
+                             f"use a batch size of at most {max(1, self.n_items // (2 * world_size))} (--bs) or more text")
 
     @property
     def row_len(self) -> int:
@@ -294,12 +295,12 @@ class ULMFiTDataLoaders(DataLoaders):
                     multi_label=self.multi_label)
 
 
-def _train_valid(train, valid, valid_pct: float, seed: int) -> tuple[Corpus, Corpus]:
+def _train_valid(train, valid, valid_pct: float, seed: int, label_delim: str | None = None) -> tuple[Corpus, Corpus]:
     train = as_corpus(train)
     if len(train) == 0:
         raise ValueError("no training texts")
     if valid is None:
-        return train.split(valid_pct, seed)
+        return train.split(valid_pct, seed, label_delim)
     return train, as_corpus(valid, tokenizer=train.tokenizer)
 
 
@@ -334,12 +335,11 @@ def classifier_dataloaders(train: Corpus, valid: Corpus | None = None, *, vocab:
     Without ``valid``, a seeded ``valid_pct`` of ``train`` is held out. ``max_tokens`` keeps the
     first tokens of each document (the text's start in either direction).
     """
-    train, valid = _train_valid(train, valid, valid_pct, seed)
+    train, valid = _train_valid(train, valid, valid_pct, seed, label_delim if multi_label else None)
     for c, name in ((train, "training"), (valid, "validation")):
         if c.labels is None:
             raise ValueError(f"the {name} corpus has no labels")
-    split = (lambda l: [str(x) for x in (l if isinstance(l, (list, tuple)) else str(l).split(label_delim))]) \
-        if multi_label else (lambda l: [l])
+    split = (lambda l: label_parts(l, label_delim)) if multi_label else (lambda l: [l])  # noqa: E731
     seen = sorted({c for l in train.labels for c in split(l)}, key=str)
     classes = list(classes) if classes is not None else seen
     if len(classes) < 2 and not multi_label:
@@ -349,7 +349,8 @@ def classifier_dataloaders(train: Corpus, valid: Corpus | None = None, *, vocab:
     def encode(labels, where):
         unknown = sorted({c for l in labels for c in split(l) if c not in c2i}, key=str)
         if unknown:
-            raise ValueError(f"{where} labels {unknown[:10]} never occur in the training labels {classes}")
+            more = f" ... ({len(classes)} in all)" if len(classes) > 20 else ""
+            raise ValueError(f"{where} labels {unknown[:10]} never occur in the training labels {classes[:20]}{more}")
         if multi_label:
             y = np.zeros((len(labels), len(classes)), dtype=np.float32)
             for r, l in enumerate(labels):
