@@ -65,3 +65,12 @@ def test_few_labels_get_their_own_recipe():
     assert recipe.epochs * -(-120 // bs) >= 200 and not recipe.gradual_unfreezing  # enough steps, every layer trains
     assert classifier_recipe(1000)[0] == FEW_LABELS_CLASSIFIER  # measured better up to 1,000 (RESULTS.md)
     assert classifier_recipe(1001)[:2] == classifier_recipe(5000)[:2] == (DEFAULT_CLASSIFIER, 32)
+
+
+def test_token_coverage_warns_on_text_the_pretrained_lm_cannot_read(capsys):
+    from ulmfit_callbacks.pipeline import _token_coverage
+    itos = ["xxunk", "xxbos", "the", "match", "was", "won", "."]
+    assert _token_coverage(Corpus.from_texts(["The match was won.", "the match was lost"]), itos) == pytest.approx(8 / 9)
+    assert "low" not in capsys.readouterr().out
+    assert _token_coverage(Corpus.from_texts(["比赛赢了。", "这场比赛", "the match"]), itos) == pytest.approx(2 / 5)
+    assert "low. Is the text in the language the LM was trained on?" in capsys.readouterr().out

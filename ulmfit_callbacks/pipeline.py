@@ -253,6 +253,7 @@ def finetune_lm(train: Corpus, valid: Corpus | None, out: str | os.PathLike, rec
     meta = source[2] if source is not None else None
     train = _task_corpus(train, meta, (meta or {}).get("source"), f"the pretrained LM {pretrained!r}")
     extra = Vocab(source[1]) if source is not None and keep_pretrained_vocab else None
+    coverage = _token_coverage(train, source[1]) if source is not None else None
     dls = lm_dataloaders(train, valid, bs=bs, bptt=bptt, backwards=backwards, max_vocab=max_vocab, min_freq=min_freq,
                          seed=seed, extra_vocab=extra, device=device)
     if meta is not None and "config" in meta:
@@ -265,8 +266,22 @@ def finetune_lm(train: Corpus, valid: Corpus | None, out: str | os.PathLike, rec
     metrics["pretrained"] = None if source is None else str(pretrained)
     if learn.pretrained_report is not None:
         metrics["pretrained_tokens_matched"] = learn.pretrained_report.matched
+    if coverage is not None:
+        metrics["pretrained_token_coverage"] = coverage
     save_artifact(out, learn, "lm", metrics, _plots(learn, used))
     return learn, metrics
+
+
+def _token_coverage(corpus: Corpus, itos: Sequence[str], low: float = 0.5) -> float:
+    """Share of the corpus's word tokens (special tokens aside) that the pretrained vocabulary
+    holds, printed; a warning when it is below ``low`` (text in another language or script)."""
+    known = set(itos)
+    words = [t for toks in corpus.tokens for t in toks if not t.startswith("xx")]
+    cov = sum(t in known for t in words) / max(len(words), 1)
+    print(f"the pretrained LM's vocabulary holds {cov:.1%} of the {len(words):,} word tokens of the training text"
+          + ("" if cov >= low else ": low. Is the text in the language the LM was trained on? (--pretrained none "
+             "trains a new LM, with --lang or --tokenizer sentencepiece)"))
+    return cov
 
 
 def train_classifier(train: Corpus, valid: Corpus | None, out: str | os.PathLike, recipe: Recipe,
