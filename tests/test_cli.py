@@ -59,6 +59,8 @@ def test_evaluate_reports_accuracy(demo_run, tmp_path):
     r = run("evaluate", str(csv), "--model", str(out / "clf_fwd"))
     assert r.returncode == 0, r.stderr
     assert re.search(r"accuracy [01]\.\d{4}, macro-F1 [01]\.\d{4} on 2 texts", r.stdout) and "precision" in r.stdout
+    r = run("evaluate", str(csv), "--model", str(out), "--json", str(tmp_path / "ens.json"))  # the run folder: ensemble
+    assert r.returncode == 0 and json.loads((tmp_path / "ens.json").read_text())["ulmfit"]["n"] == 2, r.stderr
     csv.write_text("text,label\nThe team won the match,cricket\n")
     r = run("evaluate", str(csv), "--model", str(out / "clf_fwd"))
     assert r.returncode == 2 and "never seen in training" in r.stderr
@@ -150,9 +152,9 @@ def messy(tmp_path_factory):
     from conftest import bbc_short_texts
     d = tmp_path_factory.mktemp("messy")
     df = bbc_short_texts()
-    df = df[df.label.isin(["sport", "business"])].head(118)[["text", "label"]].reset_index(drop=True)
+    df = df[df.label.isin(["sports", "business"])].head(118)[["text", "label"]].reset_index(drop=True)
     extra = pd.DataFrame({"text": ["None", "NA", "null", "", "The match was won"],
-                          "label": ["sport", "business", "sport", "sport", ""]})
+                          "label": ["sports", "business", "sports", "sports", ""]})
     df = pd.concat([df, extra], ignore_index=True)
     df.insert(0, "id", [f"row{i}" for i in range(len(df))])
     df.to_csv(d / "data.csv", index=False)
@@ -179,7 +181,7 @@ def test_messy_csv_trains_with_every_skip_reported(messy):
     assert hist[0].startswith("epoch,train_loss,valid_loss") and len(hist) == 3
 
 
-def test_evaluate_keeps_every_row_and_stands_beside_the_baseline(messy):
+def test_evaluate_scores_every_labelled_row_and_stands_beside_the_baseline(messy):
     d, df, _, _ = messy
     labelled = df[df.label != ""]
     labelled.to_csv(d / "eval.csv", index=False)
@@ -189,7 +191,7 @@ def test_evaluate_keeps_every_row_and_stands_beside_the_baseline(messy):
     m = json.loads((d / "m.json").read_text())
     assert m["ulmfit"]["n"] == len(labelled) == 122  # the empty text is evaluated too
     per_class = m["ulmfit"]["per_class"]
-    assert set(per_class) == {"business", "sport"}
+    assert set(per_class) == {"business", "sports"}
     assert sum(c["support"] for c in per_class.values()) == 122
     assert m["ulmfit"]["macro_f1"] == pytest.approx(sum(c["f1"] for c in per_class.values()) / len(per_class))
     assert 0.5 <= m["tfidf_lr"]["accuracy"] <= 1 and "ULMFiT - baseline" in r.stdout and (d / "cm.png").exists()
@@ -206,8 +208,8 @@ def test_predict_csv_round_trips_10000_rows_with_every_column(messy):
     out = pd.read_csv(d / "pred.csv", dtype=str, keep_default_na=False)
     assert len(out) == 10_000 and out["id"].tolist() == big["id"].tolist()
     assert out["text"].tolist() == big["text"].fillna("").tolist()  # "None", "NA", "" come back as written
-    assert {"predicted_label", "probability", "prob_business", "prob_sport", "empty_text", "label"} <= set(out.columns)
-    p = out[["prob_business", "prob_sport"]].astype(float).to_numpy()
+    assert {"predicted_label", "probability", "prob_business", "prob_sports", "empty_text", "label"} <= set(out.columns)
+    p = out[["prob_business", "prob_sports"]].astype(float).to_numpy()
     assert abs(p.sum(1) - 1).max() < 1e-4 and out.empty_text.eq("True").sum() == (big.text.fillna("") == "").sum()
     r = run("predict", "--model", str(d / "clf"), "--csv", "-", "--out", "-", stdin="text\nNone\nThe match was won\n")
     assert r.returncode == 0 and r.stdout.splitlines()[0].startswith("text,predicted_label,probability")
@@ -218,7 +220,7 @@ def test_ordinary_files_from_users(messy):
     import pandas as pd
     d, df, _, _ = messy
     ev = df[df.label != ""].head(20).copy()
-    ev["label"] = ev["label"] + " "  # "sport " is "sport"
+    ev["label"] = ev["label"] + " "  # "sports " is "sports"
     pd.concat([ev, pd.DataFrame({"id": ["x", "y"], "text": ["More news", "And more"], "label": ["", ""]})]
               ).to_csv(d / "sheet.csv", index=False)
     r = run("evaluate", str(d / "sheet.csv"), "--model", str(d / "clf"), "--json", str(d / "sheet.json"))
@@ -239,13 +241,37 @@ def test_ordinary_files_from_users(messy):
     assert r.returncode == 0 and len(pd.read_csv(d / "one.csv")) == 3  # the blank line is a row too
 
 
+def test_multi_label_through_the_cli(messy):
+    import pandas as pd
+    d, df, _, _ = messy
+    ml = df[df.label != ""][["text", "label"]].sample(60, random_state=0)
+    ml["label"] = [f"{l}; short;" if len(t) < 200 else l for t, l in zip(ml.text, ml.label)]  # spaces, a trailing ';'
+    ml.to_csv(d / "ml.csv", index=False)
+    r = run("train-classifier", str(d / "ml.csv"), "--multi-label", "--lm", str(d / "lm"), "--out", str(d / "clf_ml"),
+            "--epochs", "1", "--bs", "8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((d / "clf_ml" / "config.json").read_text())["classes"] == ["business", "short", "sports"]
+    ev = pd.concat([ml.head(10), pd.DataFrame({"text": ["no label here"], "label": [""]})])
+    ev.to_csv(d / "ml_ev.csv", index=False)
+    r = run("evaluate", str(d / "ml_ev.csv"), "--model", str(d / "clf_ml"), "--baseline", "--train", str(d / "ml.csv"),
+            "--confusion", str(d / "ml_cm.png"), "--json", str(d / "ml.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "1 row(s) without a label are left out" in r.stdout and "skipped for this multi-label model" in r.stdout
+    assert "not written" in r.stdout and not (d / "ml_cm.png").exists()
+    m = json.loads((d / "ml.json").read_text())
+    assert set(m) == {"ulmfit"} and m["ulmfit"]["n"] == 10 and set(m["ulmfit"]["per_label_f1"]) == {"business", "short", "sports"}
+    ev.assign(label="sports;tennis").to_csv(d / "ml_bad.csv", index=False)
+    r = run("evaluate", str(d / "ml_bad.csv"), "--model", str(d / "clf_ml"))
+    assert r.returncode == 2 and "['tennis'] were never seen in training" in r.stderr
+
+
 @pytest.mark.parametrize("out", ["lm", "data.csv"])
 def test_out_never_replaces_an_input(messy, out):
     d = messy[0]
-    before = sorted(p.name for p in (d / "lm").iterdir())
+    before = {p.name: p.read_bytes() for p in [d / "data.csv", *(d / "lm").iterdir()]}
     r = run("train-classifier", str(d / "data.csv"), "--lm", str(d / "lm"), "--out", str(d / out), "--epochs", "1")
     assert r.returncode == 2 and ("input model" if out == "lm" else "is a file") in r.stderr
-    assert sorted(p.name for p in (d / "lm").iterdir()) == before
+    assert {p.name: p.read_bytes() for p in [d / "data.csv", *(d / "lm").iterdir()]} == before
 
 
 GERMAN = {  # written for this test: two topics, a few paragraphs each

@@ -115,3 +115,19 @@ def test_split_subset_and_join():
         as_corpus("just one string")
     with pytest.raises(ValueError, match="2 labels"):
         Corpus([["xxbos"]], labels=["a", "b"])
+
+
+def test_read_csv_blank_lines_tabs_and_standard_input(tmp_path, monkeypatch):
+    import io
+
+    from ulmfit_callbacks.corpus import read_csv
+    (tmp_path / "a.csv").write_text("text,label\nfirst,x\n\nthird,y\n\n\n")
+    df = read_csv(tmp_path / "a.csv")
+    assert df.text.tolist() == ["first", "", "third"]  # a blank line inside is a row, those at the end are not
+    (tmp_path / "a.tsv").write_text("text\tlabel\nfirst, with a comma\tx\n")
+    assert read_csv(tmp_path / "a.tsv").to_dict("list") == {"text": ["first, with a comma"], "label": ["x"]}
+    (tmp_path / "t.csv").write_text("text\tlabel\nfirst\tx\n")  # tab-separated, named .csv
+    with pytest.raises(ValueError, match="no column 'text'.*tab-separated files need a .tsv name"):
+        Corpus.read(tmp_path / "t.csv", "text", "label")
+    monkeypatch.setattr("sys.stdin", io.StringIO("text\nNone\n"))
+    assert read_csv("-").text.tolist() == ["None"]

@@ -210,9 +210,9 @@ def cmd_pretrain(a):
     from .checkpoint import EpochCheckpoint
     from .pipeline import PAPER_LM, PRETRAIN, pretrain_lm
     recipe = _recipe(a, "pretrain", dataclasses.replace(PAPER_LM, discriminative=False) if a.paper else PRETRAIN)
+    _check_out(a.out)
     device, cbs = _setup(a, "random weights (stage 1)")
     train, valid = _read_general(a.corpus, a.text_col, _tokenizer(a))
-    _check_out(a.out)
     ckpt = EpochCheckpoint(Path(a.out) / "checkpoint.pt")  # stage 1 takes hours: a resumable state per epoch
     _, m = pretrain_lm(train, valid, a.out, _model_config(a), recipe, backwards=a.backwards, bs=a.bs, bptt=a.bptt,
                        max_vocab=a.max_vocab, cbs=cbs + [ckpt], device=device)
@@ -349,14 +349,14 @@ def cmd_evaluate(a):
         else:
             trn = _read(a.train, a.text_col, a.label_col)  # read before the long prediction: errors come first
     data = _read(a.data, a.text_col, a.label_col, training=False, tokenizer=dls.tokenizer)
-    if not multi:
-        empty = [i for i, l in enumerate(data.labels) if str(l).strip() == ""]
-        if len(empty) == len(data):
-            raise UsageError(f"{a.data}: no row has a label in column {a.label_col!r} (ulmfit predict labels unlabelled texts)")
-        if empty:
-            print(f"{a.data}: {len(empty)} row(s) without a label are left out of the metrics (rows {empty[:10]}"
-                  f"{' ...' if len(empty) > 10 else ''})")
-            data = data.subset([i for i in range(len(data)) if i not in set(empty)])
+    empty = [i for i, l in enumerate(data.labels) if str(l).strip() == ""]  # as training skips them
+    if len(empty) == len(data):
+        raise UsageError(f"{a.data}: no row has a label in column {a.label_col!r} (ulmfit predict labels unlabelled texts)")
+    if empty:
+        print(f"{a.data}: {len(empty)} row(s) without a label are left out of the metrics (rows {empty[:10]}"
+              f"{' ...' if len(empty) > 10 else ''})")
+        gone = set(empty)
+        data = data.subset([i for i in range(len(data)) if i not in gone])
     texts, labels = data.texts, data.labels
     given = {c for l in labels for c in label_parts(l)} if multi else {str(l) for l in labels}
     unknown = sorted(given - set(model_classes))
@@ -411,10 +411,13 @@ def cmd_predict(a):
             raise UsageError("--csv needs --out (a CSV path, or - for standard output)")
         if a.texts or a.file:
             raise UsageError("give texts as arguments / --file, or --csv, not both")
-        from .corpus import read_csv
+        from .corpus import csv_sep, missing_column, read_csv
+        if a.out != "-" and (Path(a.out).is_dir() or Path(a.out).resolve() == Path(a.csv).resolve()):
+            raise UsageError(f"--out {a.out} is " + ("a folder" if Path(a.out).is_dir() else "the input file")
+                             + ": give a new file to write the predictions to")
         df = read_csv(a.csv)
         if a.text_col not in df.columns:
-            raise UsageError(f"{a.csv} has no column {a.text_col!r}; columns are {list(df.columns)}")
+            raise UsageError(missing_column(a.csv, a.text_col, df.columns, "--text-col"))
         device, _ = _setup(a, f"the classifier(s) in {a.model}")
         probs, classes, multi = _predict_probs(_load_model(a.model, device)[0], df[a.text_col].tolist())
         res = predict_dataframe(df, probs, classes, a.text_col, multi, a.threshold)
@@ -422,7 +425,7 @@ def cmd_predict(a):
             res.to_csv(sys.stdout, index=False)
         else:
             from .artifact import atomic_write
-            atomic_write(a.out, res.to_csv(index=False))
+            atomic_write(a.out, res.to_csv(index=False, sep=csv_sep(a.out)))
             print(f"{len(res):,} rows -> {a.out}")
         return
     texts = list(a.texts)
@@ -431,7 +434,7 @@ def cmd_predict(a):
             raise UsageError(f"no such file: {a.file}")
         texts += Path(a.file).read_text(encoding="utf-8", errors="replace").splitlines()
     if not texts and not sys.stdin.isatty():
-        texts = [l for l in sys.stdin.read().splitlines() if l.strip()]
+        texts = sys.stdin.read().splitlines()  # every line, as with --file
     if not texts:
         raise UsageError("nothing to predict: give texts as arguments, --file, --csv, or on standard input")
     device, _ = _setup(a)

@@ -6,8 +6,8 @@ one, so texts are read and tokenised once and the same tokens feed the forward a
 backward model (the direction is a loader setting: it reverses token ids, not texts).
 
 Reading policy: every CSV column is text (the words ``None``, ``NA``, ``null`` stay words);
-training skips empty texts and missing labels and says which rows; evaluation and
-prediction keep every row, in order.
+training skips empty texts and missing labels and says which rows; prediction keeps every
+row, in order, and evaluation every row with a label.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import pandas as pd
 from .tokenizer import SentencePieceTokenizer, SpacyTokenizer, Tokenizer, tokenize, tokenize_cached
 
 __all__ = ["Corpus", "as_corpus", "tokenize", "read_csv", "read_texts", "read_folder", "bbc_news_path", "load_bbc_news",
-           "split_train_valid", "label_parts"]
+           "split_train_valid", "label_parts", "csv_sep", "missing_column"]
 
 
 def read_csv(path: str | os.PathLike) -> pd.DataFrame:
@@ -35,14 +35,28 @@ def read_csv(path: str | os.PathLike) -> pd.DataFrame:
         path = sys.stdin
     elif not Path(path).exists():
         raise FileNotFoundError(f"no such CSV file: {path}")
-    sep = "\t" if isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in (".tsv", ".tab") else ","
     try:
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False)
+        df = pd.read_csv(path, sep=csv_sep(path), dtype=str, keep_default_na=False, na_filter=False,
+                         skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{where} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        hint = " (tab-separated files need a .tsv name)" if sep == "," and "Expected" in str(e) else ""
-        raise ValueError(f"{where} is not a readable CSV file{hint}: {' '.join(str(e).split())}") from None
+        raise ValueError(f"{where} is not a readable CSV file: {' '.join(str(e).split())}") from None
+    blank = (df == "").all(axis=1).to_numpy()
+    end = len(df) - int(np.argmin(blank[::-1])) if not blank.all() else 0
+    return df.iloc[:end]  # blank lines at the end are no rows; inside the file they are
+
+
+def csv_sep(path) -> str:
+    """The field separator a file's name asks for: tab for ``.tsv`` / ``.tab``, else comma."""
+    return "\t" if isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in (".tsv", ".tab") else ","
+
+
+def missing_column(where: str, col: str, columns, flag: str) -> str:
+    """The message for a column a file lacks: its columns, the flag that names one, and a hint
+    when the header holds a tab (a tab-separated file read as a CSV)."""
+    tab = " (tab-separated files need a .tsv name)" if any("\t" in str(c) for c in columns) else ""
+    return f"{where} has no column {col!r}; columns are {list(columns)[:20]}{tab} (name the column with {flag})"
 
 
 def label_parts(label, delim: str = ";") -> list[str]:
@@ -72,9 +86,7 @@ def read_texts(data: pd.DataFrame | str | os.PathLike, text_col: str = "text", l
         raise ValueError(f"{where} has no rows")
     for col in [text_col] + ([label_col] if label_col else []):
         if col not in data.columns:
-            flag = "--text-col" if col == text_col else "--label-col"
-            raise ValueError(f"{where} has no column {col!r}; columns are {list(data.columns)[:20]} "
-                             f"(name the column with {flag})")
+            raise ValueError(missing_column(where, col, data.columns, "--text-col" if col == text_col else "--label-col"))
     keep = pd.Series(True, index=data.index)
     if skip_empty:
         for col, what in [(text_col, "empty or whitespace-only text")] + \
@@ -232,16 +244,16 @@ class Corpus:
         pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
         return Corpus(pick(self.tokens), pick(self.labels), pick(self.texts), self.tokenizer)
 
-    def split(self, valid_pct: float = 0.1, seed: int = 42, label_delim: str | None = None,
+    def split(self, valid_pct: float = 0.1, seed: int = 42, label_delim: str | None = None, keep_classes: bool = True,
               log=print) -> tuple["Corpus", "Corpus"]:
         """``(train, valid)``: the seeded random split used wherever no validation data are given.
 
-        With labels, every class keeps a training example: a validation row whose class (with
+        With labels and ``keep_classes``, every class keeps a training example: a validation row whose class (with
         ``label_delim``, one of its ``label_delim``-joined classes) has none is moved to training,
         and ``log`` (``None``: silent) says so. A classifier cannot learn a class it never sees.
         """
         tr, va = split_train_valid(len(self), valid_pct, seed)
-        if self.labels is None:
+        if self.labels is None or not keep_classes:
             return self.subset(tr), self.subset(va)
         parts = (lambda l: set(label_parts(l, label_delim))) if label_delim else (lambda l: {str(l)})  # noqa: E731
         seen = {c for i in tr for c in parts(self.labels[i])}
@@ -252,7 +264,8 @@ class Corpus:
                 seen |= parts(self.labels[i])
         if moved:
             new = sorted({c for i in moved for c in parts(self.labels[i])} - {c for i in tr for c in parts(self.labels[i])})
-            tr, va = np.sort(np.concatenate([tr, moved])), np.array([i for i in va if i not in set(moved)], dtype=int)
+            gone = set(moved)
+            tr, va = np.sort(np.concatenate([tr, moved])), np.array([i for i in va if i not in gone], dtype=int)
             if log is not None:
                 log(f"validation split: {len(moved)} row(s) moved to training so that every class has a training example "
                     f"(classes {new[:10]}{' ...' if len(new) > 10 else ''})")

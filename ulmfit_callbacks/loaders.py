@@ -295,12 +295,13 @@ class ULMFiTDataLoaders(DataLoaders):
                     multi_label=self.multi_label)
 
 
-def _train_valid(train, valid, valid_pct: float, seed: int, label_delim: str | None = None) -> tuple[Corpus, Corpus]:
+def _train_valid(train, valid, valid_pct: float, seed: int, label_delim: str | None = None,
+                 keep_classes: bool = True) -> tuple[Corpus, Corpus]:
     train = as_corpus(train)
     if len(train) == 0:
         raise ValueError("no training texts")
     if valid is None:
-        return train.split(valid_pct, seed, label_delim)
+        return train.split(valid_pct, seed, label_delim, keep_classes)
     return train, as_corpus(valid, tokenizer=train.tokenizer)
 
 
@@ -313,7 +314,7 @@ def lm_dataloaders(train: Corpus | Sequence[str], valid: Corpus | Sequence[str] 
     The vocabulary comes from the training tokens only, followed by ``extra_vocab``'s tokens it
     lacks (up to ``max_vocab``) when given.
     """
-    train, valid = _train_valid(train, valid, valid_pct, seed)
+    train, valid = _train_valid(train, valid, valid_pct, seed, keep_classes=False)  # labels play no part
     vocab = vocab or Vocab.build(train.tokens, max_vocab=max_vocab, min_freq=min_freq)
     if extra_vocab is not None:
         vocab = vocab.extended(extra_vocab, max_vocab)

@@ -28,7 +28,7 @@ from .models.awd_lstm import AWDLSTMConfig
 from .schedule import DiscriminativeLR, SlantedTriangularLR
 from .tokenizer import SpacyTokenizer, Tokenizer, tokenizer_from_dict
 from .unfreezing import GradualUnfreezing
-from .vocab import Vocab
+from .vocab import SPECIAL_TOKENS, Vocab
 
 __all__ = ["PAPER_LM", "PAPER_CLASSIFIER", "PRETRAIN", "DEFAULT_LM", "DEFAULT_CLASSIFIER", "SCRATCH_CLASSIFIER",
            "FEW_LABELS_CLASSIFIER", "classifier_recipe",
@@ -275,10 +275,14 @@ def finetune_lm(train: Corpus, valid: Corpus | None, out: str | os.PathLike, rec
 def _token_coverage(corpus: Corpus, itos: Sequence[str], low: float = 0.5) -> float:
     """Share of the corpus's word tokens (special tokens aside) that the pretrained vocabulary
     holds, printed; a warning when it is below ``low`` (text in another language or script)."""
-    known = set(itos)
-    words = [t for toks in corpus.tokens for t in toks if not t.startswith("xx")]
-    cov = sum(t in known for t in words) / max(len(words), 1)
-    print(f"the pretrained LM's vocabulary holds {cov:.1%} of the {len(words):,} word tokens of the training text"
+    known, special = set(itos), set(SPECIAL_TOKENS)
+    n = hit = 0
+    for toks in corpus.tokens:
+        for t in toks:
+            if t not in special:
+                n, hit = n + 1, hit + (t in known)
+    cov = hit / max(n, 1)
+    print(f"the pretrained LM's vocabulary holds {cov:.1%} of the {n:,} word tokens of the training text"
           + ("" if cov >= low else ": low. Is the text in the language the LM was trained on? (--pretrained none "
              "trains a new LM, with --lang or --tokenizer sentencepiece)"))
     return cov
